@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="perception",
+    version="0.1.0",
+    description="Camera, LiDAR and radar fusion perception for autonomous driving: pip-installable, "
+    "no compiler, nuScenes in and out.",
+    packages=find_packages(include=["perception", "perception.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.3",
+        # The devkit is written against numpy 1.x.
+        "numpy>=1.24,<2",
+        # Recent opencv wants numpy 2; this pin avoids a long resolver backtrack.
+        "opencv-python-headless<4.12",
+        "nuscenes-devkit==1.2.0",
+        "numba>=0.58",
+        "scipy>=1.10",
+        "pyquaternion>=0.9.9",
+        "pyyaml>=6",
+        "Pillow>=9",
+        "tqdm>=4.60",
+        "open3d>=0.17",
+    ],
+    extras_require={"test": ["pytest>=7", "pytest-timeout>=2"]},
+    entry_points={},
+)
