@@ -176,7 +176,8 @@ class Boxes3D:
 class CameraImage:
     """One camera's image in a Frame.
 
-    image: uint8[H, W, 3] RGB, or None when the file is absent/unreadable (then ``present`` is False)
+    image: uint8[H, W, 3] RGB; None when the camera is absent in this frame or images were not loaded
+    present: the camera contributed an image to this frame (its file exists and reads)
     intrinsics: float64[3, 3] pinhole matrix of the (undistorted) image, pixels
     T_ego_from_cam: float64[4, 4] camera -> ego frame at the frame's reference time; includes the
         ego motion between the camera's own timestamp and the reference time
@@ -190,12 +191,9 @@ class CameraImage:
     timestamp: int
     width: int
     height: int
+    present: bool = True
     token: str = ""
     filename: str = ""
-
-    @property
-    def present(self) -> bool:
-        return self.image is not None
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Time alignment, ego-pose interpolation, calibration and motion compensation."""

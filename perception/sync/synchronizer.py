@@ -1,0 +1,350 @@
+"""The synchronizer: which message of every channel belongs to a LiDAR reference sweep, and the
+motion-compensated ``Frame`` built from them.
+
+Reference clock: each LiDAR message (keyframe or sweep). For a reference at time t_ref:
+
+- LiDAR: the reference sweep and up to ``lidar_sweeps - 1`` earlier sweeps within
+  ``lidar_window_us``.
+- Cameras: in nuScenes a LiDAR timestamp marks the END of its 50 ms rotation and each camera is
+  triggered when the beam crosses the centre of its field of view, so the image that belongs to a
+  sweep is older than t_ref by a fraction of the rotation that depends on the camera's azimuth.
+  ``camera_match='trigger'`` predicts that trigger time from the rig's calibration (camera optical
+  axis azimuth in the LiDAR frame, the rotation's end azimuth and spin direction) and takes the image
+  nearest to it; plain nearest-to-t_ref matching picks a wrong image when a camera has two frames
+  close to t_ref (``camera_match='nearest'``, kept for comparison).
+- Radars (unsynchronized, ~13 Hz): the message nearest t_ref within ``radar_tolerance_us`` and up
+  to ``radar_sweeps - 1`` earlier ones within ``radar_window_us``.
+
+Motion compensation: every message is brought into the ego frame at t_ref through the ego pose at
+the message's own timestamp: sensor -> ego(t_msg) -> global -> ego(t_ref).
+
+A message whose file is missing or unreadable makes its sensor absent (or one sweep fewer) in that
+frame: logged, counted in ``FrameBuilder.missing``, never an exception out of ``build``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from ..config import Config, SyncConfig
+from ..geometry import apply, invert, rotate
+from ..structures import (CAMERA_CHANNELS, LIDAR_CHANNEL, RADAR_CHANNELS, CameraImage, Frame,
+                          SensorStatus)
+from .calibration import SensorRig
+
+log = logging.getLogger(__name__)
+
+
+def camera_trigger_offset_us(T_ego_from_cam: np.ndarray, T_ego_from_lidar: np.ndarray,
+                             sync: SyncConfig) -> int:
+    """Expected camera timestamp minus the LiDAR sweep's (end) timestamp, us (<= 0).
+
+    T_ego_from_cam, T_ego_from_lidar: float64[4, 4] sensor -> ego
+    The beam points at ``lidar_cut_azimuth_deg`` (LiDAR frame) at the sweep's timestamp; going back
+    in time it sweeps the other way round, reaching the camera's optical axis azimuth phi after
+    ((phi - cut) mod 360) / 360 of a rotation for a clockwise spin.
+    """
+    axis_ego = T_ego_from_cam[:3, 2]  # optical axis (camera z) in the ego frame
+    axis_lidar = T_ego_from_lidar[:3, :3].T @ axis_ego
+    phi = math.degrees(math.atan2(axis_lidar[1], axis_lidar[0]))
+    delta = phi - sync.lidar_cut_azimuth_deg if sync.lidar_spin == "cw" else sync.lidar_cut_azimuth_deg - phi
+    return -int(round((delta % 360.0) / 360.0 * sync.lidar_period_us))
+
+
+@dataclass
+class ChannelChoice:
+    """The messages chosen for one channel: ``messages[0]`` is the primary (newest for sweeps)."""
+
+    channel: str
+    messages: list = field(default_factory=list)
+    offset_us: Optional[int] = None  # primary timestamp - t_ref
+    reason: str = ""  # why nothing was chosen
+
+
+@dataclass
+class Selection:
+    reference: object  # Message
+    choices: Dict[str, ChannelChoice]
+
+
+def _nearest(timestamps: np.ndarray, t: int) -> int:
+    """Index of the timestamp nearest t (the earlier one on a tie); -1 for an empty array."""
+    n = len(timestamps)
+    if n == 0:
+        return -1
+    i = int(np.searchsorted(timestamps, t))
+    if i == 0:
+        return 0
+    if i == n:
+        return n - 1
+    return i - 1 if t - timestamps[i - 1] <= timestamps[i] - t else i
+
+
+class Synchronizer:
+    """Chooses, for a LiDAR reference message, the messages of every channel (see module doc).
+
+    index: SceneIndex of the scene (perception.data.nuscenes_source)
+    rig: the scene's SensorRig (camera trigger times come from its extrinsics)
+    """
+
+    def __init__(self, index, rig: SensorRig, sync: SyncConfig,
+                 cameras: Sequence[str] = CAMERA_CHANNELS, radars: Sequence[str] = RADAR_CHANNELS):
+        self.index = index
+        self.sync = sync
+        self.cameras = [c for c in cameras]
+        self.radars = [r for r in radars]
+        self.trigger_offset_us: Dict[str, int] = {}
+        if LIDAR_CHANNEL in rig:
+            for cam in self.cameras:
+                if cam in rig:
+                    self.trigger_offset_us[cam] = camera_trigger_offset_us(
+                        rig[cam].T_ego_from_sensor, rig[LIDAR_CHANNEL].T_ego_from_sensor, sync)
+
+    def expected_camera_time(self, channel: str, t_ref: int) -> int:
+        if self.sync.camera_match == "trigger":
+            return t_ref + self.trigger_offset_us.get(channel, 0)
+        return t_ref
+
+    def select(self, ref) -> Selection:
+        t_ref = ref.timestamp
+        ch_idx = self.index.channels
+        choices: Dict[str, ChannelChoice] = {}
+
+        lidar = ch_idx[LIDAR_CHANNEL]
+        i = int(np.searchsorted(lidar.timestamps, t_ref, side="right")) - 1
+        msgs = [ref]
+        j = i
+        while len(msgs) < self.sync.lidar_sweeps and j > 0:
+            j -= 1
+            m = lidar.messages[j]
+            if m.token == ref.token or m.timestamp == t_ref:
+                continue
+            if t_ref - m.timestamp > self.sync.lidar_window_us:
+                break
+            msgs.append(m)
+        choices[LIDAR_CHANNEL] = ChannelChoice(LIDAR_CHANNEL, msgs, 0)
+
+        for cam in self.cameras:
+            c = ch_idx.get(cam)
+            if c is None or len(c) == 0:
+                choices[cam] = ChannelChoice(cam, reason="no messages in this scene")
+                continue
+            expected = self.expected_camera_time(cam, t_ref)
+            k = _nearest(c.timestamps, expected)
+            # Plain nearest matching cannot know the trigger delay, so it accepts a whole rotation more.
+            tolerance = self.sync.camera_tolerance_us + (self.sync.lidar_period_us
+                                                         if self.sync.camera_match == "nearest" else 0)
+            if abs(int(c.timestamps[k]) - expected) > tolerance:
+                choices[cam] = ChannelChoice(cam, reason=f"no image within {self.sync.camera_tolerance_us} us "
+                                                         f"of the expected trigger time")
+                continue
+            choices[cam] = ChannelChoice(cam, [c.messages[k]], int(c.timestamps[k]) - t_ref)
+
+        for radar in self.radars:
+            c = ch_idx.get(radar)
+            if c is None or len(c) == 0 or self.sync.radar_sweeps == 0:
+                choices[radar] = ChannelChoice(radar, reason="no messages in this scene" if self.sync.radar_sweeps
+                                               else "radar_sweeps is 0")
+                continue
+            k = _nearest(c.timestamps, t_ref)
+            if abs(int(c.timestamps[k]) - t_ref) > self.sync.radar_tolerance_us:
+                choices[radar] = ChannelChoice(radar, reason=f"no message within {self.sync.radar_tolerance_us} us")
+                continue
+            chosen = [c.messages[k]]
+            j = k
+            while len(chosen) < self.sync.radar_sweeps and j > 0:
+                j -= 1
+                if t_ref - int(c.timestamps[j]) > self.sync.radar_window_us:
+                    break
+                chosen.append(c.messages[j])
+            choices[radar] = ChannelChoice(radar, chosen, int(c.timestamps[k]) - t_ref)
+        return Selection(ref, choices)
+
+
+class FrameBuilder:
+    """Builds synchronized, motion-compensated ``Frame``s of one scene.
+
+    source: NuScenesSource
+    scene: scene name or token
+    cfg: Config (its ``sync`` and ``data`` sections are used)
+    """
+
+    def __init__(self, source, scene: str, cfg: Config, pose_source: str = "ego_pose"):
+        self.source = source
+        self.cfg = cfg
+        self.scene = source.scene(scene)
+        self.index = source.index(self.scene["token"])
+        self.rig = source.rig(self.scene["token"])
+        self.poses = source.pose_stream(self.scene["token"], pose_source)
+        self.poses.max_extrapolation_us = cfg.sync.max_pose_extrapolation_us
+        self.cameras = [c for c in cfg.data.cameras if c in self.rig]
+        self.radars = [r for r in cfg.data.radars if r in self.rig]
+        if LIDAR_CHANNEL not in self.index.channels:
+            raise ValueError(f"scene {self.scene['name']}: no {LIDAR_CHANNEL} messages: the LiDAR is the "
+                             f"reference clock of the synchronizer")
+        self.sync = Synchronizer(self.index, self.rig, cfg.sync, self.cameras, self.radars)
+        self.missing: Counter = Counter()  # channel -> messages whose file was missing/unreadable
+
+    # ------------------------------------------------------------------ references
+    @property
+    def references(self) -> List:
+        """Every LiDAR message of the scene (keyframes and sweeps), in time order."""
+        return list(self.index.channels[LIDAR_CHANNEL].messages)
+
+    @property
+    def keyframe_references(self) -> List:
+        return [m for m in self.references if m.is_key_frame]
+
+    def reference_for_sample(self, sample_token: str):
+        sample = self.source.nusc.get("sample", sample_token)
+        token = sample["data"][LIDAR_CHANNEL]
+        for m in self.index.channels[LIDAR_CHANNEL].messages:
+            if m.token == token:
+                return m
+        raise KeyError(f"sample {sample_token}: its LiDAR record {token} is not in scene {self.scene['name']}")
+
+    # ------------------------------------------------------------------ building
+    def _read(self, msg, reader):
+        from ..data.io import SensorFileError
+
+        try:
+            return reader(msg)
+        except SensorFileError as e:
+            if self.missing[msg.channel] == 0:
+                log.warning("%s (further missing %s files are counted, not logged)", e, msg.channel)
+            else:
+                log.debug("%s", e)
+            self.missing[msg.channel] += 1
+            return None
+
+    def build(self, ref, drop: Iterable[str] = (), with_gt: bool = True,
+              load_images: Optional[bool] = None) -> Frame:
+        """The Frame for one LiDAR reference message (a Message or its sample_data token).
+
+        drop: channels (or 'lidar', 'camera', 'radar') treated as failed: absent, nothing read
+        """
+        from ..data.convert import gt_boxes_global
+
+        if isinstance(ref, str):
+            ref = next(m for m in self.index.channels[LIDAR_CHANNEL].messages if m.token == ref)
+        load_images = self.cfg.sync.load_images if load_images is None else load_images
+        drop = set(drop)
+        sel = self.sync.select(ref)
+        t_ref = ref.timestamp
+
+        times = sorted({m.timestamp for ch in sel.choices.values() for m in ch.messages} | {t_ref})
+        mats = self.poses.transforms(np.array(times, np.int64))
+        pose_at = dict(zip(times, mats))
+        T_global_from_ref = pose_at[t_ref]
+        T_ref_from_global = invert(T_global_from_ref)
+
+        def T_ref_from_sensor(msg):
+            cal = self.source.calibration(msg.calibrated_sensor_token, msg.width, msg.height)
+            return T_ref_from_global @ pose_at[msg.timestamp] @ cal.T_ego_from_sensor, cal
+
+        status: Dict[str, SensorStatus] = {}
+
+        def dropped(ch: str) -> bool:
+            from ..structures import modality_of
+            return ch in drop or modality_of(ch) in drop
+
+        # LiDAR sweeps
+        lidar_parts = []
+        choice = sel.choices[LIDAR_CHANNEL]
+        n_missing = 0
+        if dropped(LIDAR_CHANNEL) or not self.cfg.data.use_lidar:
+            status[LIDAR_CHANNEL] = SensorStatus(False, 0, ref.token, 0, 0, "dropped")
+        else:
+            ref_read = False
+            for msg in choice.messages:
+                pts = self._read(msg, self.source.load_lidar)
+                if pts is None:
+                    n_missing += 1
+                    continue
+                ref_read |= msg.token == ref.token
+                T, _ = T_ref_from_sensor(msg)
+                out = np.empty((len(pts), 6), np.float32)
+                out[:, :3] = apply(T, pts[:, :3].astype(np.float64))
+                out[:, 3:5] = pts[:, 3:5]
+                out[:, 5] = (t_ref - msg.timestamp) * 1e-6
+                lidar_parts.append(out)
+            # Without the reference sweep the LiDAR is absent: past sweeps alone would show the
+            # world as it was, not as it is at t_ref.
+            status[LIDAR_CHANNEL] = SensorStatus(ref_read, 0, ref.token, len(choice.messages), n_missing,
+                                                 "" if ref_read else "reference sweep file missing or unreadable")
+            if not ref_read:
+                lidar_parts = []
+        lidar_points = np.concatenate(lidar_parts) if lidar_parts else np.zeros((0, 6), np.float32)
+
+        # Radars
+        radar_parts = []
+        for radar in self.radars:
+            choice = sel.choices[radar]
+            if dropped(radar):
+                status[radar] = SensorStatus(False, choice.offset_us, "", 0, 0, "dropped")
+                continue
+            if not choice.messages:
+                status[radar] = SensorStatus(False, None, "", 0, 0, choice.reason)
+                continue
+            n_missing, got = 0, 0
+            for msg in choice.messages:
+                pts = self._read(msg, self.source.load_radar)
+                if pts is None:
+                    n_missing += 1
+                    continue
+                got += 1
+                T, _ = T_ref_from_sensor(msg)
+                out = np.empty((len(pts), 7), np.float32)
+                out[:, :3] = apply(T, pts[:, :3].astype(np.float64))
+                out[:, 3] = pts[:, 5]  # rcs
+                vel = np.zeros((len(pts), 3))
+                vel[:, :2] = pts[:, 8:10]  # ego-motion compensated vx, vy in the radar frame
+                out[:, 4:6] = rotate(T, vel)[:, :2]
+                out[:, 6] = (t_ref - msg.timestamp) * 1e-6
+                radar_parts.append(out)
+            status[radar] = SensorStatus(got > 0, choice.offset_us, choice.messages[0].token, len(choice.messages),
+                                         n_missing, "" if got else "files missing or unreadable")
+        radar_points = np.concatenate(radar_parts) if radar_parts else np.zeros((0, 7), np.float32)
+
+        # Cameras
+        cameras: List[CameraImage] = []
+        for cam in self.cameras:
+            choice = sel.choices[cam]
+            cal = self.rig[cam]
+            if dropped(cam) or not choice.messages:
+                reason = "dropped" if dropped(cam) else choice.reason
+                status[cam] = SensorStatus(False, choice.offset_us, "", 0, 0, reason)
+                cameras.append(CameraImage(cam, None, cal.intrinsics, T_ref_from_global @ T_global_from_ref
+                                           @ cal.T_ego_from_sensor, t_ref, cal.width, cal.height, present=False))
+                continue
+            msg = choice.messages[0]
+            T, cal = T_ref_from_sensor(msg)
+            image, present = None, True
+            if load_images:
+                image = self._read(msg, self.source.load_image)
+                present = image is not None
+            else:
+                import os
+                present = os.path.isfile(self.source.path(msg))
+                if not present:
+                    self.missing[cam] += 1
+            status[cam] = SensorStatus(present, choice.offset_us, msg.token, 1, 0 if present else 1,
+                                       "" if present else "file missing or unreadable")
+            cameras.append(CameraImage(cam, image, cal.intrinsics, T, msg.timestamp, cal.width, cal.height,
+                                       present=present, token=msg.token, filename=msg.filename))
+
+        gt = None
+        sample_token = ref.sample_token if ref.is_key_frame else ""
+        if with_gt and ref.is_key_frame:
+            gt = gt_boxes_global(self.source.nusc, ref.sample_token).transformed(T_ref_from_global, "ego")
+
+        return Frame(
+            timestamp=t_ref, scene_token=self.scene["token"], sample_token=sample_token, lidar_token=ref.token,
+            lidar_points=lidar_points, radar_points=radar_points, cameras=cameras,
+            T_global_from_ego=T_global_from_ref, ego_velocity=self.poses.ego_velocity(t_ref), gt=gt, status=status,
+        )
