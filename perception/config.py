@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import typing
 from dataclasses import dataclass, field
@@ -195,16 +196,11 @@ def _build(cls: Any, values: Dict[str, Any], prefix: str, where: str) -> Any:
     for key, value in values.items():
         dotted = f"{prefix}.{key}" if prefix else key
         if key not in names:
-            close = [n for n in names if _similar(n, key)]
+            close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
             hint = f" (did you mean '{(prefix + '.') if prefix else ''}{close[0]}'?)" if close else ""
             raise ConfigError(f"{where}: unknown config key '{dotted}'{hint}")
         kwargs[key] = _coerce(value, hints[key], dotted, where)
     return cls(**kwargs)
-
-
-def _similar(a: str, b: str) -> bool:
-    import difflib
-    return difflib.SequenceMatcher(None, a, b).ratio() > 0.75
 
 
 def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:

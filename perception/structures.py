@@ -157,15 +157,18 @@ class Boxes3D:
     def transformed(self, T_to_from: np.ndarray, frame: str) -> "Boxes3D":
         """The same boxes expressed in another frame.
 
-        T_to_from: float64[4, 4] rigid transform from this set's frame to ``frame``. The rotation's
-        yaw is added to every box yaw (exact for rotations about z; the ego and global frames in
-        nuScenes differ by a yaw and a translation only, z of ego_pose being 0 and roll/pitch 0).
-        Velocities are rotated, not translated.
+        T_to_from: float64[4, 4] rigid transform from this set's frame to ``frame``. Boxes stay
+        upright (roll and pitch are not part of the layout); the yaw is the azimuth of the rotated
+        heading. Velocities are rotated, not translated.
         """
         R = T_to_from[:3, :3]
         out = self.boxes.copy()
         out[:, :3] = self.boxes[:, :3] @ R.T + T_to_from[:3, 3]
-        out[:, 6] = wrap_angle(self.boxes[:, 6] + np.arctan2(R[1, 0], R[0, 0]))
+        # Rotate each heading vector and read its azimuth: for the pure yaw between ego and global
+        # this adds the yaw; for a slightly tilted sensor frame (LiDAR calibration) it is what the
+        # devkit's rotated quaternion projects to.
+        heading = np.stack([np.cos(self.boxes[:, 6]), np.sin(self.boxes[:, 6]), np.zeros(len(self))], axis=1) @ R.T
+        out[:, 6] = wrap_angle(np.arctan2(heading[:, 1], heading[:, 0]))
         vel = np.concatenate([self.boxes[:, 7:9], np.zeros((len(self), 1))], axis=1)
         out[:, 7:9] = (vel @ R.T)[:, :2]
         return Boxes3D(out, self.labels, self.attributes, self.scores, self.num_lidar_pts,

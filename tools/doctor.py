@@ -1,0 +1,68 @@
+#!/usr/bin/env python
+"""Health check of a recorded drive (nuScenes format).
+
+    python tools/doctor.py --dataroot DIR --version VERSION [--scene NAME] [--json OUT] [--keyframes-only]
+
+Prints one line per problem and a per-channel summary. Exit status: 0 nothing wrong, 1 problems
+found, 2 unusable arguments (bad root, version, scene or config).
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataroot", required=True, help="nuScenes-format data root")
+    ap.add_argument("--version", default="v1.0-trainval", help="table folder, e.g. v1.0-trainval or v1.0-mini")
+    ap.add_argument("--scene", help="check only this scene (name or token)")
+    ap.add_argument("--json", help="write the full report here (keyframe associations, channel stats, problems)")
+    ap.add_argument("--config", help="YAML config (synchronizer settings); defaults otherwise")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    ap.add_argument("--keyframes-only", action="store_true",
+                    help="check only keyframe files (for keyframes-only copies of a drive)")
+    ap.add_argument("-q", "--quiet", action="store_true", help="print problems only")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(message)s")
+
+    from perception.config import ConfigError, load_config
+    from perception.data.doctor import run_doctor
+    from perception.data.nuscenes_source import DataRootError
+
+    try:
+        cfg = load_config(args.config, args.set)
+        report = run_doctor(args.dataroot, args.version, cfg, args.scene, args.keyframes_only)
+    except (ConfigError, DataRootError) as e:
+        print(f"doctor: {e}", file=sys.stderr)
+        return 2
+
+    if not args.quiet:
+        for name, sc in report["scenes"].items():
+            print(f"== {name}: {sc['num_keyframes']} keyframes")
+            print(f"   {'channel':18s} {'msgs':>5s} {'rate Hz':>8s} {'period ms':>9s} {'max gap ms':>10s} "
+                  f"{'checked':>7s} {'missing':>7s} {'corrupt':>7s}")
+            for ch, c in sc["channels"].items():
+                fmt = lambda v: "-" if v is None else f"{v:.1f}"
+                print(f"   {ch:18s} {c['count']:5d} {fmt(c['rate_hz']):>8s} {fmt(c['median_period_ms']):>9s} "
+                      f"{fmt(c['max_interval_ms']):>10s} {c['files_checked']:7d} {c['missing_files']:7d} "
+                      f"{c['corrupt_files']:7d}")
+    for p in report["problems"]:
+        print(f"PROBLEM {p['kind']}: {p['line']}")
+    if args.json:
+        tmp = args.json + ".tmp"
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=1, sort_keys=True)
+        os.replace(tmp, args.json)  # atomic: a reader never sees half a report
+    n = len(report["problems"])
+    print(f"doctor: {n} problem{'s' if n != 1 else ''} in {len(report['scenes'])} scene(s)"
+          + (f"; report in {args.json}" if args.json else ""))
+    return 1 if n else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
