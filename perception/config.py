@@ -132,6 +132,160 @@ class DataConfig:
 
 
 @dataclass
+class LidarEncoderConfig:
+    """PointPillars: pillar feature net on the config's grid, SECOND-style backbone + FPN neck.
+
+    max_points_per_voxel / max_voxels: hard voxelization caps (training, inference)
+    pfn_channels: widths of the pillar feature net layers
+    backbone_layers / backbone_strides / backbone_channels: blocks per stage, stride of each stage's
+        first conv, channels per stage
+    neck_channels: channels of each upsampled stage before concatenation (the output has their sum
+        projected to model.bev_channels at model.bev_stride)
+    """
+
+    max_points_per_voxel: int = 32
+    max_voxels_train: int = 30000
+    max_voxels_test: int = 40000
+    pfn_channels: List[int] = field(default_factory=lambda: [64])
+    backbone_layers: List[int] = field(default_factory=lambda: [3, 5, 5])
+    backbone_strides: List[int] = field(default_factory=lambda: [2, 2, 2])
+    backbone_channels: List[int] = field(default_factory=lambda: [64, 128, 256])
+    neck_channels: List[int] = field(default_factory=lambda: [128, 128, 128])
+
+
+@dataclass
+class CameraEncoderConfig:
+    """Lift-splat camera encoder.
+
+    image_size: (H, W) network input size in pixels after resize/crop
+    backbone: 'resnet18' | 'resnet34' | 'resnet50' (torchvision-compatible keys)
+    backbone_width: channels of the first stage (64 for torchvision's; smaller for tiny CPU models,
+        then ImageNet weights do not apply)
+    pretrained: path to a local torchvision ResNet state dict ('' = random init); nothing downloads
+    feature_stride: stride of the image features that are lifted (8 or 16)
+    depth_bins: (min, max, step) metres of the depth distribution's bins
+    channels: context channels per lifted point
+    """
+
+    image_size: List[int] = field(default_factory=lambda: [256, 704])
+    backbone: str = "resnet18"
+    backbone_width: int = 64
+    pretrained: str = ""
+    feature_stride: int = 16
+    depth_bins: List[float] = field(default_factory=lambda: [1.0, 60.0, 1.0])
+    channels: int = 80
+
+    def validate(self, where: str) -> None:
+        if self.backbone not in ("resnet18", "resnet34", "resnet50"):
+            raise ConfigError(f"{where}: model.camera.backbone must be resnet18, resnet34 or resnet50, "
+                              f"got {self.backbone!r}")
+        if self.feature_stride not in (8, 16):
+            raise ConfigError(f"{where}: model.camera.feature_stride must be 8 or 16")
+        lo, hi, step = self.depth_bins
+        if not (0 < lo < hi and step > 0):
+            raise ConfigError(f"{where}: model.camera.depth_bins must be (min > 0, max > min, step > 0)")
+        for n in self.image_size:
+            if n % 32:
+                raise ConfigError(f"{where}: model.camera.image_size entries must be multiples of 32, "
+                                  f"got {self.image_size}")
+
+    @property
+    def num_depth_bins(self) -> int:
+        lo, hi, step = self.depth_bins
+        return int(round((hi - lo) / step))
+
+
+@dataclass
+class RadarEncoderConfig:
+    """Radar pillars on the fused BEV grid (cells of grid.voxel_size * model.bev_stride)."""
+
+    max_points_per_voxel: int = 16
+    max_voxels: int = 4000
+    pfn_channels: List[int] = field(default_factory=lambda: [32])
+    conv_channels: int = 64
+
+
+@dataclass
+class FusionConfig:
+    """Local-window cross-attention fusion.
+
+    window: k, each BEV query attends to the k x k neighbourhood of every present modality
+    heads: attention heads; ffn_ratio: hidden width of the feed-forward / channels
+    dropout_lidar / dropout_camera / dropout_radar: per-sample probability, in training, that a
+        modality is hidden from the fusion (never all present ones at once)
+    """
+
+    window: int = 3
+    heads: int = 4
+    ffn_ratio: int = 2
+    layers: int = 1
+    dropout_lidar: float = 0.0
+    dropout_camera: float = 0.0
+    dropout_radar: float = 0.0
+
+
+@dataclass
+class HeadConfig:
+    """CenterPoint-style head.
+
+    tasks: class groups sharing a heatmap head (all 10 classes must appear once)
+    loss weights: heatmap (focal) and each regression term (L1)
+    min_radius / gaussian_overlap: heatmap target Gaussians (CenterPoint's radius rule)
+    max_objects: regression targets per sample; top_k: peaks kept per sample in decoding
+    score_threshold, nms_radius: decoding; nms_radius is per class (metres, circle NMS on centres)
+    """
+
+    tasks: List[List[str]] = field(default_factory=lambda: [
+        ["car"], ["truck", "construction_vehicle"], ["bus", "trailer"], ["barrier"],
+        ["motorcycle", "bicycle"], ["pedestrian", "traffic_cone"]])
+    channels: int = 64
+    weight_heatmap: float = 1.0
+    weight_offset: float = 1.0
+    weight_height: float = 1.0
+    weight_size: float = 1.0
+    weight_yaw: float = 1.0
+    weight_velocity: float = 0.2
+    weight_attribute: float = 0.2
+    min_radius: int = 2
+    gaussian_overlap: float = 0.1
+    max_objects: int = 500
+    top_k: int = 500
+    score_threshold: float = 0.1
+    nms_radius: List[float] = field(default_factory=lambda: [4.0, 12.0, 10.0, 1.0, 0.85, 0.175, 1.0, 1.0, 0.175, 1.0])
+
+
+@dataclass
+class ModelConfig:
+    """The detector: which modalities it uses, the fused BEV resolution, and each part.
+
+    bev_stride: the fused BEV grid is grid.bev_shape / bev_stride; every encoder outputs it
+    bev_channels: channels of every encoder's output and of the fused map
+    """
+
+    use_lidar: bool = True
+    use_camera: bool = True
+    use_radar: bool = True
+    bev_stride: int = 4
+    bev_channels: int = 128
+    lidar: LidarEncoderConfig = field(default_factory=LidarEncoderConfig)
+    camera: CameraEncoderConfig = field(default_factory=CameraEncoderConfig)
+    radar: RadarEncoderConfig = field(default_factory=RadarEncoderConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+    def validate(self, where: str) -> None:
+        if not (self.use_lidar or self.use_camera or self.use_radar):
+            raise ConfigError(f"{where}: model uses no modality (use_lidar, use_camera, use_radar all false)")
+        self.camera.validate(where)
+        from .structures import CLASSES
+        flat = [c for group in self.head.tasks for c in group]
+        if sorted(flat) != sorted(CLASSES):
+            raise ConfigError(f"{where}: model.head.tasks must list each of the 10 classes once, got {flat}")
+        if len(self.head.nms_radius) != len(CLASSES):
+            raise ConfigError(f"{where}: model.head.nms_radius needs one radius per class ({len(CLASSES)})")
+
+
+@dataclass
 class Config:
     """The whole configuration; ``source`` is the file it was loaded from."""
 
@@ -139,12 +293,23 @@ class Config:
     grid: GridConfig = field(default_factory=GridConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     source: str = "<defaults>"
 
     def validate(self) -> "Config":
-        for section in (self.grid, self.sync, self.data):
+        for section in (self.grid, self.sync, self.data, self.model):
             section.validate(self.source)
+        nx, ny, _ = self.grid.grid_size
+        if nx % self.model.bev_stride or ny % self.model.bev_stride:
+            raise ConfigError(f"{self.source}: model.bev_stride {self.model.bev_stride} does not divide the grid "
+                              f"({nx} x {ny} cells)")
         return self
+
+    @property
+    def bev_shape(self) -> Tuple[int, int]:
+        """(H, W) of the fused BEV feature maps: the grid's BEV shape / model.bev_stride."""
+        H, W = self.grid.bev_shape
+        return H // self.model.bev_stride, W // self.model.bev_stride
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)

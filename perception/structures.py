@@ -260,3 +260,65 @@ class Detections:
     sample_token: str
     timestamp: int
     boxes: Boxes3D
+
+
+# Image normalization of the camera backbone (ImageNet statistics, RGB in [0, 1]).
+IMAGE_MEAN: tuple = (0.485, 0.456, 0.406)
+IMAGE_STD: tuple = (0.229, 0.224, 0.225)
+
+# Modality order of Batch.modality_mask and of the fusion's modality embeddings.
+MODALITIES: tuple = ("lidar", "camera", "radar")
+
+
+@dataclass
+class Batch:
+    """A collated batch: the one input of the models (``models/`` never sees a Frame).
+
+    Tensors are torch tensors on one device; lists hold one tensor per sample.
+    lidar_points: B x float32[N_i, 6] (x, y, z, intensity, ring, time_lag s), ego frame, metres
+    radar_points: B x float32[M_i, 7] (x, y, z, rcs dBsm, vx, vy m/s, time_lag s), ego frame
+    images: float32[B, N, 3, H, W] RGB normalized with IMAGE_MEAN / IMAGE_STD, network input size
+    intrinsics: float32[B, N, 3, 3] pinhole matrix of the original image, pixels
+    img_aug: float32[B, N, 3, 3] original-image pixel (u, v, 1) -> network-input pixel (resize, crop, flip)
+    T_ego_from_cam: float32[B, N, 4, 4] camera -> ego frame at the reference time, metres
+    camera_mask: bool[B, N] camera present in the sample
+    modality_mask: bool[B, 3] (lidar, camera, radar) present in the sample (MODALITIES order)
+    ego_velocity: float32[B, 3] ego velocity in the ego frame, m/s
+    gt_boxes: B x float32[K_i, 9] (x, y, z, l, w, h, yaw, vx, vy), ego frame; None at inference
+    gt_labels: B x int64[K_i] class ids; gt_attributes: B x int64[K_i] attribute ids or -1
+    sample_tokens, timestamps: per sample; T_global_from_ego: float64[B, 4, 4]
+    """
+
+    lidar_points: list
+    radar_points: list
+    images: "object"
+    intrinsics: "object"
+    img_aug: "object"
+    T_ego_from_cam: "object"
+    camera_mask: "object"
+    modality_mask: "object"
+    ego_velocity: "object"
+    gt_boxes: Optional[list] = None
+    gt_labels: Optional[list] = None
+    gt_attributes: Optional[list] = None
+    sample_tokens: List[str] = field(default_factory=list)
+    timestamps: List[int] = field(default_factory=list)
+    T_global_from_ego: Optional[np.ndarray] = None
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.lidar_points)
+
+    def to(self, device) -> "Batch":
+        """The batch with every tensor on ``device`` (non_blocking from pinned memory)."""
+        def mv(x):
+            if x is None:
+                return None
+            if isinstance(x, list):
+                return [t.to(device, non_blocking=True) for t in x]
+            return x.to(device, non_blocking=True)
+
+        return Batch(mv(self.lidar_points), mv(self.radar_points), mv(self.images), mv(self.intrinsics),
+                     mv(self.img_aug), mv(self.T_ego_from_cam), mv(self.camera_mask), mv(self.modality_mask),
+                     mv(self.ego_velocity), mv(self.gt_boxes), mv(self.gt_labels), mv(self.gt_attributes),
+                     list(self.sample_tokens), list(self.timestamps), self.T_global_from_ego)
