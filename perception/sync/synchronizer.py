@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -209,18 +210,42 @@ class FrameBuilder:
         raise KeyError(f"sample {sample_token}: its LiDAR record {token} is not in scene {self.scene['name']}")
 
     # ------------------------------------------------------------------ building
-    def _read(self, msg, reader):
-        from ..data.io import SensorFileError
+    def plan(self, ref, with_gt: bool = True) -> "FramePlan":
+        """Everything needed to assemble the frame of one LiDAR reference message (a Message or its
+        sample_data token) without the devkit: which files, their timestamps, their sensor -> reference
+        ego transforms, camera intrinsics, ego pose and velocity, and the ground truth in the ego frame.
+        Plans are small and picklable: the training dataset caches them on disk."""
+        from ..data.convert import gt_boxes_global
 
-        try:
-            return reader(msg)
-        except SensorFileError as e:
-            if self.missing[msg.channel] == 0:
-                log.warning("%s (further missing %s files are counted, not logged)", e, msg.channel)
-            else:
-                log.debug("%s", e)
-            self.missing[msg.channel] += 1
-            return None
+        if isinstance(ref, str):
+            ref = next(m for m in self.index.channels[LIDAR_CHANNEL].messages if m.token == ref)
+        sel = self.sync.select(ref)
+        t_ref = ref.timestamp
+        times = sorted({m.timestamp for ch in sel.choices.values() for m in ch.messages} | {t_ref})
+        pose_at = dict(zip(times, self.poses.transforms(np.array(times, np.int64))))
+        T_global_from_ref = pose_at[t_ref]
+        T_ref_from_global = invert(T_global_from_ref)
+
+        def read(msg) -> SensorRead:
+            cal = self.source.calibration(msg.calibrated_sensor_token, msg.width, msg.height)
+            return SensorRead(msg.channel, msg.token, self.source.path(msg), msg.timestamp,
+                              T_ref_from_global @ pose_at[msg.timestamp] @ cal.T_ego_from_sensor)
+
+        channels: Dict[str, ChannelPlan] = {}
+        for ch, choice in sel.choices.items():
+            channels[ch] = ChannelPlan(ch, [read(m) for m in choice.messages], choice.offset_us, choice.reason)
+        cameras = {}
+        for cam in self.cameras:
+            cal = self.rig[cam]
+            msgs = sel.choices[cam].messages
+            T = channels[cam].reads[0].T_ref_from_sensor if msgs else cal.T_ego_from_sensor
+            cameras[cam] = (cal.intrinsics, T, cal.width, cal.height)
+        gt = None
+        if with_gt and ref.is_key_frame:
+            gt = gt_boxes_global(self.source.nusc, ref.sample_token).transformed(T_ref_from_global, "ego")
+        return FramePlan(t_ref, self.scene["token"], ref.sample_token if ref.is_key_frame else "", ref.token,
+                         T_global_from_ref, self.poses.ego_velocity(t_ref), channels, cameras, gt,
+                         self.cfg.data.use_lidar, self.source.radar_default_filters)
 
     def build(self, ref, drop: Iterable[str] = (), with_gt: bool = True,
               load_images: Optional[bool] = None) -> Frame:
@@ -228,123 +253,163 @@ class FrameBuilder:
 
         drop: channels (or 'lidar', 'camera', 'radar') treated as failed: absent, nothing read
         """
-        from ..data.convert import gt_boxes_global
-
-        if isinstance(ref, str):
-            ref = next(m for m in self.index.channels[LIDAR_CHANNEL].messages if m.token == ref)
         load_images = self.cfg.sync.load_images if load_images is None else load_images
-        drop = set(drop)
-        sel = self.sync.select(ref)
-        t_ref = ref.timestamp
+        return assemble_frame(self.plan(ref, with_gt), drop, load_images, self.missing)
 
-        times = sorted({m.timestamp for ch in sel.choices.values() for m in ch.messages} | {t_ref})
-        mats = self.poses.transforms(np.array(times, np.int64))
-        pose_at = dict(zip(times, mats))
-        T_global_from_ref = pose_at[t_ref]
-        T_ref_from_global = invert(T_global_from_ref)
 
-        def T_ref_from_sensor(msg):
-            cal = self.source.calibration(msg.calibrated_sensor_token, msg.width, msg.height)
-            return T_ref_from_global @ pose_at[msg.timestamp] @ cal.T_ego_from_sensor, cal
+@dataclass
+class SensorRead:
+    """One file to read. T_ref_from_sensor: float64[4, 4] sensor -> ego frame at the reference time."""
 
-        status: Dict[str, SensorStatus] = {}
+    channel: str
+    token: str
+    path: str
+    timestamp: int
+    T_ref_from_sensor: np.ndarray
 
-        def dropped(ch: str) -> bool:
-            from ..structures import modality_of
-            return ch in drop or modality_of(ch) in drop
 
-        # LiDAR sweeps
-        lidar_parts = []
-        choice = sel.choices[LIDAR_CHANNEL]
-        n_missing = 0
-        if dropped(LIDAR_CHANNEL) or not self.cfg.data.use_lidar:
-            status[LIDAR_CHANNEL] = SensorStatus(False, 0, ref.token, 0, 0, "dropped")
+@dataclass
+class ChannelPlan:
+    """The chosen messages of one channel (reads[0] is the primary / reference one)."""
+
+    channel: str
+    reads: List[SensorRead]
+    offset_us: Optional[int]
+    reason: str = ""
+
+
+@dataclass
+class FramePlan:
+    """A frame before any file is read (see FrameBuilder.plan).
+
+    cameras: channel -> (intrinsics float64[3, 3], T_ref_from_cam float64[4, 4], width, height) for
+        every camera of the rig (the calibration is kept for absent cameras too)
+    """
+
+    timestamp: int
+    scene_token: str
+    sample_token: str
+    lidar_token: str
+    T_global_from_ego: np.ndarray
+    ego_velocity: np.ndarray
+    channels: Dict[str, ChannelPlan]
+    cameras: Dict[str, tuple]
+    gt: Optional[object]
+    use_lidar: bool = True
+    radar_default_filters: bool = False
+
+
+def _read_file(read: SensorRead, reader, missing: Counter):
+    from ..data.io import SensorFileError
+
+    try:
+        return reader(read.path)
+    except SensorFileError as e:
+        if missing[read.channel] == 0:
+            log.warning("%s (further missing %s files are counted, not logged)", e, read.channel)
         else:
-            ref_read = False
-            for msg in choice.messages:
-                pts = self._read(msg, self.source.load_lidar)
-                if pts is None:
-                    n_missing += 1
-                    continue
-                ref_read |= msg.token == ref.token
-                T, _ = T_ref_from_sensor(msg)
-                out = np.empty((len(pts), 6), np.float32)
-                out[:, :3] = apply(T, pts[:, :3].astype(np.float64))
-                out[:, 3:5] = pts[:, 3:5]
-                out[:, 5] = (t_ref - msg.timestamp) * 1e-6
-                lidar_parts.append(out)
-            # Without the reference sweep the LiDAR is absent: past sweeps alone would show the
-            # world as it was, not as it is at t_ref.
-            status[LIDAR_CHANNEL] = SensorStatus(ref_read, 0, ref.token, len(choice.messages), n_missing,
-                                                 "" if ref_read else "reference sweep file missing or unreadable")
-            if not ref_read:
-                lidar_parts = []
-        lidar_points = np.concatenate(lidar_parts) if lidar_parts else np.zeros((0, 6), np.float32)
+            log.debug("%s", e)
+        missing[read.channel] += 1
+        return None
 
-        # Radars
-        radar_parts = []
-        for radar in self.radars:
-            choice = sel.choices[radar]
-            if dropped(radar):
-                status[radar] = SensorStatus(False, choice.offset_us, "", 0, 0, "dropped")
+
+def assemble_frame(plan: FramePlan, drop: Iterable[str] = (), load_images: bool = True,
+                   missing: Optional[Counter] = None) -> Frame:
+    """Read the planned files and build the motion-compensated Frame (no devkit needed).
+
+    drop: channels (or 'lidar', 'camera', 'radar') treated as failed: absent, nothing read
+    missing: counter of unreadable files per channel, updated in place
+    """
+    from ..data import io
+    from ..structures import modality_of
+
+    drop = set(drop)
+    missing = Counter() if missing is None else missing
+    t_ref = plan.timestamp
+    status: Dict[str, SensorStatus] = {}
+
+    def dropped(ch: str) -> bool:
+        return ch in drop or modality_of(ch) in drop
+
+    # LiDAR sweeps
+    lidar_parts = []
+    lp = plan.channels[LIDAR_CHANNEL]
+    if dropped(LIDAR_CHANNEL) or not plan.use_lidar:
+        status[LIDAR_CHANNEL] = SensorStatus(False, 0, plan.lidar_token, 0, 0, "dropped")
+    else:
+        ref_read, n_missing = False, 0
+        for r in lp.reads:
+            pts = _read_file(r, io.read_lidar, missing)
+            if pts is None:
+                n_missing += 1
                 continue
-            if not choice.messages:
-                status[radar] = SensorStatus(False, None, "", 0, 0, choice.reason)
+            ref_read |= r.token == plan.lidar_token
+            out = np.empty((len(pts), 6), np.float32)
+            out[:, :3] = apply(r.T_ref_from_sensor, pts[:, :3].astype(np.float64))
+            out[:, 3:5] = pts[:, 3:5]
+            out[:, 5] = (t_ref - r.timestamp) * 1e-6
+            lidar_parts.append(out)
+        # Without the reference sweep the LiDAR is absent: past sweeps alone would show the world
+        # as it was, not as it is at t_ref.
+        status[LIDAR_CHANNEL] = SensorStatus(ref_read, 0, plan.lidar_token, len(lp.reads), n_missing,
+                                             "" if ref_read else "reference sweep file missing or unreadable")
+        if not ref_read:
+            lidar_parts = []
+    lidar_points = np.concatenate(lidar_parts) if lidar_parts else np.zeros((0, 6), np.float32)
+
+    # Radars
+    radar_parts = []
+    for ch, cp in plan.channels.items():
+        if modality_of(ch) != "radar":
+            continue
+        if dropped(ch):
+            status[ch] = SensorStatus(False, cp.offset_us, "", 0, 0, "dropped")
+            continue
+        if not cp.reads:
+            status[ch] = SensorStatus(False, None, "", 0, 0, cp.reason)
+            continue
+        n_missing, got = 0, 0
+        for r in cp.reads:
+            pts = _read_file(r, lambda p: io.read_radar(p, default_filters=plan.radar_default_filters), missing)
+            if pts is None:
+                n_missing += 1
                 continue
-            n_missing, got = 0, 0
-            for msg in choice.messages:
-                pts = self._read(msg, self.source.load_radar)
-                if pts is None:
-                    n_missing += 1
-                    continue
-                got += 1
-                T, _ = T_ref_from_sensor(msg)
-                out = np.empty((len(pts), 7), np.float32)
-                out[:, :3] = apply(T, pts[:, :3].astype(np.float64))
-                out[:, 3] = pts[:, 5]  # rcs
-                vel = np.zeros((len(pts), 3))
-                vel[:, :2] = pts[:, 8:10]  # ego-motion compensated vx, vy in the radar frame
-                out[:, 4:6] = rotate(T, vel)[:, :2]
-                out[:, 6] = (t_ref - msg.timestamp) * 1e-6
-                radar_parts.append(out)
-            status[radar] = SensorStatus(got > 0, choice.offset_us, choice.messages[0].token, len(choice.messages),
-                                         n_missing, "" if got else "files missing or unreadable")
-        radar_points = np.concatenate(radar_parts) if radar_parts else np.zeros((0, 7), np.float32)
+            got += 1
+            out = np.empty((len(pts), 7), np.float32)
+            out[:, :3] = apply(r.T_ref_from_sensor, pts[:, :3].astype(np.float64))
+            out[:, 3] = pts[:, 5]  # rcs
+            vel = np.zeros((len(pts), 3))
+            vel[:, :2] = pts[:, 8:10]  # ego-motion compensated vx, vy in the radar frame
+            out[:, 4:6] = rotate(r.T_ref_from_sensor, vel)[:, :2]
+            out[:, 6] = (t_ref - r.timestamp) * 1e-6
+            radar_parts.append(out)
+        status[ch] = SensorStatus(got > 0, cp.offset_us, cp.reads[0].token, len(cp.reads), n_missing,
+                                  "" if got else "files missing or unreadable")
+    radar_points = np.concatenate(radar_parts) if radar_parts else np.zeros((0, 7), np.float32)
 
-        # Cameras
-        cameras: List[CameraImage] = []
-        for cam in self.cameras:
-            choice = sel.choices[cam]
-            cal = self.rig[cam]
-            if dropped(cam) or not choice.messages:
-                reason = "dropped" if dropped(cam) else choice.reason
-                status[cam] = SensorStatus(False, choice.offset_us, "", 0, 0, reason)
-                cameras.append(CameraImage(cam, None, cal.intrinsics, T_ref_from_global @ T_global_from_ref
-                                           @ cal.T_ego_from_sensor, t_ref, cal.width, cal.height, present=False))
-                continue
-            msg = choice.messages[0]
-            T, cal = T_ref_from_sensor(msg)
-            image, present = None, True
-            if load_images:
-                image = self._read(msg, self.source.load_image)
-                present = image is not None
-            else:
-                import os
-                present = os.path.isfile(self.source.path(msg))
-                if not present:
-                    self.missing[cam] += 1
-            status[cam] = SensorStatus(present, choice.offset_us, msg.token, 1, 0 if present else 1,
-                                       "" if present else "file missing or unreadable")
-            cameras.append(CameraImage(cam, image, cal.intrinsics, T, msg.timestamp, cal.width, cal.height,
-                                       present=present, token=msg.token, filename=msg.filename))
+    # Cameras
+    cameras: List[CameraImage] = []
+    for cam, (K, T, width, height) in plan.cameras.items():
+        cp = plan.channels[cam]
+        if dropped(cam) or not cp.reads:
+            status[cam] = SensorStatus(False, cp.offset_us, "", 0, 0, "dropped" if dropped(cam) else cp.reason)
+            cameras.append(CameraImage(cam, None, K, T, t_ref, width, height, present=False))
+            continue
+        r = cp.reads[0]
+        image = None
+        if load_images:
+            image = _read_file(r, io.read_image, missing)
+            present = image is not None
+        else:
+            present = os.path.isfile(r.path)
+            if not present:
+                missing[cam] += 1
+        status[cam] = SensorStatus(present, cp.offset_us, r.token, 1, 0 if present else 1,
+                                   "" if present else "file missing or unreadable")
+        cameras.append(CameraImage(cam, image, K, T, r.timestamp, width, height, present=present, token=r.token,
+                                   filename=r.path))
 
-        gt = None
-        sample_token = ref.sample_token if ref.is_key_frame else ""
-        if with_gt and ref.is_key_frame:
-            gt = gt_boxes_global(self.source.nusc, ref.sample_token).transformed(T_ref_from_global, "ego")
-
-        return Frame(
-            timestamp=t_ref, scene_token=self.scene["token"], sample_token=sample_token, lidar_token=ref.token,
-            lidar_points=lidar_points, radar_points=radar_points, cameras=cameras,
-            T_global_from_ego=T_global_from_ref, ego_velocity=self.poses.ego_velocity(t_ref), gt=gt, status=status,
-        )
+    return Frame(timestamp=t_ref, scene_token=plan.scene_token, sample_token=plan.sample_token,
+                 lidar_token=plan.lidar_token, lidar_points=lidar_points, radar_points=radar_points,
+                 cameras=cameras, T_global_from_ego=plan.T_global_from_ego, ego_velocity=plan.ego_velocity,
+                 gt=plan.gt, status=status)
