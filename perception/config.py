@@ -251,7 +251,9 @@ class HeadConfig:
     max_objects: int = 500
     top_k: int = 500
     score_threshold: float = 0.1
-    nms_radius: List[float] = field(default_factory=lambda: [4.0, 12.0, 10.0, 1.0, 0.85, 0.175, 1.0, 1.0, 0.175, 1.0])
+    # metres, CLASSES order; the square roots of CenterPoint's nuScenes values (which it compares
+    # with squared distances)
+    nms_radius: List[float] = field(default_factory=lambda: [2.0, 3.46, 3.16, 3.16, 3.46, 0.42, 0.92, 0.92, 0.42, 1.0])
 
 
 @dataclass

@@ -1,0 +1,574 @@
+"""Offline evaluation with the official nuScenes devkit.
+
+Flow: split name -> the split's samples present in the tables -> one ``Frame`` per keyframe sample
+(``FrameBuilder``, one per scene, sensors in ``drop`` removed) -> ``Detector.predict`` in batches ->
+``Detections`` (ego frame) -> ``export.write_results`` (global frame, nuScenes conventions) ->
+``DetectionEval`` with ``detection_cvpr_2019`` -> ``metrics_summary.json``, ``metrics_details.json``,
+``plots/`` as the devkit writes them.
+
+The detector interface the evaluation loop calls::
+
+    class Detector(Protocol):
+        def predict(self, frames: list[Frame]) -> list[Detections]: ...   # one per frame, ego frame
+        modalities: tuple = ("lidar", "camera", "radar")  # optional: inputs it reads (submission meta)
+        needs_images: bool = True                         # optional: False skips JPEG decoding
+
+A plain callable ``frame -> Detections`` is accepted too (``as_detector``). A model from
+``perception.models.build.build_model(cfg)`` with ``predict(batch) -> list[Detections]`` becomes one
+through ``ModelDetector`` (frames -> ``perception.data.batch.frame_to_sample`` -> ``collate``);
+``build_detector(cfg, checkpoint)`` does that after ``load_checkpoint_into``.
+
+Distributed: when ``torch.distributed`` is initialized (torchrun), each rank runs the samples
+``tokens[rank::world_size]`` and rank 0 gathers the detections (``gather_object``), writes the results
+and runs the devkit; the other ranks return ``None``. Without it everything runs in one process.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..structures import CAMERA_CHANNELS, RADAR_CHANNELS, Detections, Frame
+from . import export
+
+log = logging.getLogger(__name__)
+
+DETECTION_CONFIG = "detection_cvpr_2019"
+RESULTS_FILE = "results_nusc.json"
+SUMMARY_FILE = "metrics_summary.json"
+DETAILS_FILE = "metrics_details.json"
+MODALITIES = ("lidar", "camera", "radar")
+
+
+class EvalError(RuntimeError):
+    """An evaluation that cannot run as asked; the one-line message says why and what is valid."""
+
+
+class CheckpointError(EvalError):
+    """A checkpoint that does not fit the model; the message names the first mismatched parameter."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------------------------
+def _predefined_splits_for_version(version: str) -> List[str]:
+    """The devkit's predefined splits that ``load_gt`` accepts for a version (same rules)."""
+    from nuscenes.utils.splits import create_splits_scenes
+
+    names = list(create_splits_scenes().keys())
+    if version.endswith("trainval"):
+        ok = {"train", "val", "train_detect", "train_track"}
+    elif version.endswith("mini"):
+        ok = {"mini_train", "mini_val"}
+    elif version.endswith("test"):
+        ok = {"test"}
+    else:
+        ok = set()
+    return [n for n in names if n in ok]
+
+
+def _custom_splits(dataroot: str, version: str) -> Dict[str, List[str]]:
+    path = os.path.join(dataroot, version, "splits.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        data = json.load(f)
+    return {k: v for k, v in data.items() if isinstance(v, list)}
+
+
+def valid_splits(dataroot: str, version: str) -> List[str]:
+    """Split names evaluable on this root's version: the devkit's predefined ones for the version and
+    any custom split in ``<version>/splits.json``."""
+    predefined = _predefined_splits_for_version(version)
+    return predefined + [s for s in _custom_splits(dataroot, version) if s not in predefined]
+
+
+def check_split(dataroot: str, version: str, split: str) -> None:
+    """An unknown split for the version is an ``EvalError`` listing the valid ones (no tables loaded)."""
+    valid = valid_splits(dataroot, version)
+    if split not in valid:
+        raise EvalError(f"unknown split {split!r} for version {version} (valid: {', '.join(valid) or 'none'})")
+
+
+def split_sample_tokens(nusc, split: str) -> List[str]:
+    """The keyframe samples of ``split`` that this root's tables hold, in table order.
+
+    These are exactly the samples ``DetectionEval`` loads ground truth for (``load_gt`` keeps the
+    samples whose scene is in the split's list), so a results file must hold every one of them:
+    on a root with a few scenes of a split, that is the few scenes, not the whole split.
+    """
+    from nuscenes.utils.splits import create_splits_scenes
+
+    check_split(nusc.dataroot, nusc.version, split)
+    custom = _custom_splits(nusc.dataroot, nusc.version)
+    scenes = set(create_splits_scenes()[split]) if split not in custom else set(custom[split])
+    tokens = [s["token"] for s in nusc.sample if nusc.get("scene", s["scene_token"])["name"] in scenes]
+    if not tokens:
+        raise EvalError(f"split {split!r} has no samples in {os.path.join(nusc.dataroot, nusc.version)} "
+                        f"(scenes here: {', '.join(sorted(s['name'] for s in nusc.scene)[:8])})")
+    return tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# Detectors
+# ---------------------------------------------------------------------------------------------
+class _CallableDetector:
+    def __init__(self, fn: Callable[[Frame], Detections]):
+        self.fn = fn
+        self.modalities = getattr(fn, "modalities", MODALITIES)
+        self.needs_images = getattr(fn, "needs_images", None)
+
+    def predict(self, frames: Sequence[Frame]) -> List[Detections]:
+        return [self.fn(f) for f in frames]
+
+
+def as_detector(obj):
+    """A detector with ``predict(frames) -> list[Detections]``: the object itself if it has one,
+    else a plain callable ``frame -> Detections`` wrapped."""
+    if hasattr(obj, "predict"):
+        return obj
+    if callable(obj):
+        return _CallableDetector(obj)
+    raise TypeError(f"a detector needs predict(frames) or to be callable, got {type(obj).__name__}")
+
+
+class OracleDetector:
+    """The ground truth as if it were a model's output: ``frame.gt`` (loaded into the ego frame by the
+    data layer, in the package's box layout) with score 1.
+
+    Boxes that hold no LiDAR and no radar point are left out: the devkit drops those from its ground
+    truth, and a prediction there would be a false positive. Velocities the devkit cannot estimate
+    (single-annotation instances) are NaN in ``frame.gt``; the export writes them as 0, and the
+    devkit's ground truth is NaN there too, so they are not scored.
+    """
+
+    modalities: tuple = ()  # reads no sensor
+    needs_images = False
+    uses_ground_truth = True
+
+    def predict(self, frames: Sequence[Frame]) -> List[Detections]:
+        out = []
+        for f in frames:
+            if f.gt is None:
+                raise EvalError(f"oracle: frame of sample {f.sample_token or f.lidar_token} has no ground truth")
+            keep = (f.gt.num_lidar_pts + f.gt.num_radar_pts) != 0
+            out.append(Detections(f.sample_token, f.timestamp, f.gt.select(keep)))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference
+# ---------------------------------------------------------------------------------------------
+def dist_rank_world() -> Tuple[int, int]:
+    """(rank, world size) of an initialized torch.distributed group, else (0, 1)."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is None:  # never imported, so no group can be initialized (and torch need not load)
+        return 0, 1
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard(tokens: Sequence[str], rank: int, world_size: int) -> List[str]:
+    """The samples one rank runs: every ``world_size``-th, starting at ``rank`` (balanced across
+    scenes, each sample on exactly one rank)."""
+    return list(tokens[rank::world_size])
+
+
+@dataclass
+class InferenceOutput:
+    """Detections of every sample (rank 0 after gathering) and what export needs beside them.
+
+    detections: sample token -> Detections (ego frame)
+    T_global_from_ego: sample token -> float64[4, 4] ego pose at the sample's LiDAR time
+    present: modality -> whether any frame had that modality present
+    """
+
+    detections: Dict[str, Detections] = field(default_factory=dict)
+    T_global_from_ego: Dict[str, np.ndarray] = field(default_factory=dict)
+    present: Dict[str, bool] = field(default_factory=lambda: {m: False for m in MODALITIES})
+
+    def merge(self, other: "InferenceOutput") -> None:
+        self.detections.update(other.detections)
+        self.T_global_from_ego.update(other.T_global_from_ego)
+        for m in MODALITIES:
+            self.present[m] = self.present[m] or other.present.get(m, False)
+
+
+def run_inference(detector, source, cfg, sample_tokens: Sequence[str], drop: Iterable[str] = (),
+                  batch_size: int = 1, load_images: Optional[bool] = None,
+                  rank: Optional[int] = None, world_size: Optional[int] = None) -> Optional[InferenceOutput]:
+    """Run ``detector`` on the frame of every sample (this rank's shard of them).
+
+    source: NuScenesSource; cfg: Config (its sync and data sections build the frames)
+    drop: channels or 'lidar' / 'camera' / 'radar' removed at inference (``FrameBuilder.build``)
+    load_images: decode camera images (default: ``detector.needs_images``, else ``cfg.sync.load_images``)
+    rank, world_size: default from torch.distributed when initialized, else 0 and 1
+    Returns everything on rank 0 (gathered), ``None`` on other ranks of a distributed run.
+    """
+    from ..sync.synchronizer import FrameBuilder
+
+    detector = as_detector(detector)
+    dist_rank, dist_world = dist_rank_world()
+    rank = dist_rank if rank is None else rank
+    world_size = dist_world if world_size is None else world_size
+    if load_images is None:
+        load_images = getattr(detector, "needs_images", None)
+    drop = list(drop)
+
+    mine = shard(list(sample_tokens), rank, world_size)
+    nusc = source.nusc
+    builders: Dict[str, FrameBuilder] = {}
+    local = InferenceOutput()
+    batch: List[Frame] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        import torch
+
+        with torch.no_grad():
+            dets = detector.predict(list(batch))
+        if len(dets) != len(batch):
+            raise EvalError(f"detector returned {len(dets)} detections for a batch of {len(batch)} frames")
+        for frame, det in zip(batch, dets):
+            if det.sample_token and det.sample_token != frame.sample_token:
+                raise EvalError(f"detector returned detections of sample {det.sample_token} for the frame of "
+                                f"sample {frame.sample_token}")
+            local.detections[frame.sample_token] = Detections(frame.sample_token, frame.timestamp, det.boxes)
+            local.T_global_from_ego[frame.sample_token] = frame.T_global_from_ego
+            for m in MODALITIES:
+                local.present[m] = local.present[m] or frame.present(m)
+        batch.clear()
+
+    for token in mine:
+        scene_token = nusc.get("sample", token)["scene_token"]
+        if scene_token not in builders:
+            builders[scene_token] = FrameBuilder(source, scene_token, cfg)
+        fb = builders[scene_token]
+        batch.append(fb.build(fb.reference_for_sample(token), drop=drop, with_gt=True, load_images=load_images))
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+
+    if world_size > 1 and (dist_world > 1):
+        import torch.distributed as dist
+
+        gathered = [None] * world_size if rank == 0 else None
+        dist.gather_object(local, gathered, dst=0)
+        if rank != 0:
+            return None
+        out = InferenceOutput()
+        for part in gathered:
+            out.merge(part)
+        return out
+    return local
+
+
+def submission_meta(detector, present: Dict[str, bool]) -> Dict[str, bool]:
+    """Meta flags: a modality counts as used when the detector reads it and some frame had it."""
+    reads = getattr(detector, "modalities", MODALITIES)
+    reads = set(reads() if callable(reads) else reads)
+    return export.make_meta(use_camera="camera" in reads and present["camera"],
+                            use_lidar="lidar" in reads and present["lidar"],
+                            use_radar="radar" in reads and present["radar"],
+                            use_map=bool(getattr(detector, "uses_map", False)),
+                            use_external=bool(getattr(detector, "uses_ground_truth", False)
+                                              or getattr(detector, "uses_external", False)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Devkit evaluation
+# ---------------------------------------------------------------------------------------------
+def check_results_file(path: str, sample_tokens: Sequence[str], split: str) -> dict:
+    """Load a submission and check it against the split's samples before the devkit sees it
+    (the devkit's own check is a bare assertion). Returns the parsed document."""
+    if not os.path.isfile(path):
+        raise EvalError(f"{path}: results file not found")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EvalError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise EvalError(f"{path}: no 'results' mapping (sample token -> boxes); not a nuScenes detection submission")
+    if not isinstance(data.get("meta"), dict):
+        raise EvalError(f"{path}: no 'meta' block (use_camera, use_lidar, use_radar, use_map, use_external)")
+    have = set(data["results"])
+    want = list(sample_tokens)
+    missing = [t for t in want if t not in have]
+    if missing:
+        raise EvalError(f"{path}: results miss {len(missing)} of the {len(want)} samples of split {split!r} in this "
+                        f"data root (first missing: {missing[0]}); every sample needs an entry, [] if nothing was "
+                        f"detected")
+    extra = sorted(have - set(want))
+    if extra:
+        raise EvalError(f"{path}: results hold {len(extra)} samples that are not samples of split {split!r} in this "
+                        f"data root (first: {extra[0]})")
+    for token, boxes in data["results"].items():
+        if len(boxes) > export.MAX_BOXES_PER_SAMPLE:
+            raise EvalError(f"{path}: sample {token} has {len(boxes)} boxes; at most "
+                            f"{export.MAX_BOXES_PER_SAMPLE} are allowed")
+    return data
+
+
+def _headless_matplotlib() -> None:
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        import matplotlib
+
+        matplotlib.use("Agg")
+
+
+def evaluate_results(nusc, results_path: str, split: str, out_dir: str, render_curves: bool = True,
+                     verbose: bool = False) -> dict:
+    """Run the devkit's ``DetectionEval`` (``detection_cvpr_2019``) on a submission file.
+
+    Writes ``metrics_summary.json``, ``metrics_details.json`` and (``render_curves``) the devkit's PR and
+    TP-error plots under ``out_dir/plots`` exactly as the devkit does; returns the summary dict.
+    """
+    tokens = split_sample_tokens(nusc, split)
+    check_results_file(results_path, tokens, split)
+    if render_curves:
+        _headless_matplotlib()
+    import contextlib
+    import io
+
+    from nuscenes.eval.common.config import config_factory
+    from nuscenes.eval.detection.evaluate import DetectionEval
+
+    import nuscenes.eval.detection.evaluate as devkit_evaluate
+
+    os.makedirs(out_dir, exist_ok=True)
+    devkit_filter = devkit_evaluate.filter_eval_boxes
+
+    def filter_eval_boxes(nusc_, eval_boxes, max_dist, verbose=False):
+        # The devkit's filter reads the class field from the first box it finds and raises on a
+        # submission without any box (a detector that sees nothing with the LiDAR gone). Filtering
+        # nothing gives nothing; every other call is the devkit's own.
+        if not any(len(b) for b in eval_boxes.boxes.values()):
+            return eval_boxes
+        return devkit_filter(nusc_, eval_boxes, max_dist, verbose=verbose)
+
+    try:
+        devkit_evaluate.filter_eval_boxes = filter_eval_boxes
+        ev = DetectionEval(nusc, config=config_factory(DETECTION_CONFIG), result_path=results_path,
+                           eval_set=split, output_dir=out_dir, verbose=verbose)
+        # main() prints its summary unconditionally; the report carries it instead.
+        sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+        with sink:
+            summary = ev.main(plot_examples=0, render_curves=render_curves)
+    except AssertionError as e:
+        raise EvalError(f"{results_path}: the devkit rejected the results: {e}") from None
+    finally:
+        devkit_evaluate.filter_eval_boxes = devkit_filter
+    return summary
+
+
+@dataclass
+class EvalRun:
+    """One evaluation: where its files are and the devkit's summary."""
+
+    out_dir: str
+    results_path: str
+    summary: dict
+    drop: List[str]
+    meta: Dict[str, bool]
+
+
+def evaluate_detector(detector, source, cfg, split: str, out_dir: str, drop: Iterable[str] = (),
+                      batch_size: int = 1, render_curves: bool = True,
+                      load_images: Optional[bool] = None) -> Optional[EvalRun]:
+    """Inference over the split, export to ``out_dir/results_nusc.json`` and devkit evaluation.
+
+    Returns the run on rank 0, ``None`` on the other ranks of a distributed run.
+    """
+    detector = as_detector(detector)
+    drop = list(drop)
+    tokens = split_sample_tokens(source.nusc, split)
+    inf = run_inference(detector, source, cfg, tokens, drop=drop, batch_size=batch_size, load_images=load_images)
+    if inf is None:
+        return None
+    meta = submission_meta(detector, inf.present)
+    path = export.write_results(os.path.join(out_dir, RESULTS_FILE), inf.detections, inf.T_global_from_ego,
+                                meta, sample_tokens=tokens)
+    summary = evaluate_results(source.nusc, path, split, out_dir, render_curves=render_curves)
+    return EvalRun(out_dir, path, summary, drop, meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# Robustness
+# ---------------------------------------------------------------------------------------------
+def failure_cases() -> "OrderedDict[str, List[str]]":
+    """Sensor failures evaluated by ``run_robustness``: case name -> what ``FrameBuilder`` drops.
+    Each camera, each radar, all cameras, all radars, the LiDAR."""
+    cases: "OrderedDict[str, List[str]]" = OrderedDict()
+    for ch in CAMERA_CHANNELS:
+        cases[ch] = [ch]
+    for ch in RADAR_CHANNELS:
+        cases[ch] = [ch]
+    cases["all cameras"] = ["camera"]
+    cases["all radars"] = ["radar"]
+    cases["lidar"] = ["lidar"]
+    return cases
+
+
+def _case_dir(name: str) -> str:
+    return name.replace(" ", "_").lower()
+
+
+def robustness_rows(baseline: dict, per_case: Dict[str, Tuple[List[str], dict]]) -> List[dict]:
+    """Table rows: mAP and NDS per failure and their ratios to the all-sensors run (None where the
+    all-sensors value is 0)."""
+    base_map, base_nds = baseline["mean_ap"], baseline["nd_score"]
+    rows = [{"case": "all sensors", "drop": [], "mAP": base_map, "NDS": base_nds,
+             "mAP_rel": 1.0 if base_map > 0 else None, "NDS_rel": 1.0 if base_nds > 0 else None}]
+    for name, (drop, s) in per_case.items():
+        rows.append({"case": name, "drop": list(drop), "mAP": s["mean_ap"], "NDS": s["nd_score"],
+                     "mAP_rel": s["mean_ap"] / base_map if base_map > 0 else None,
+                     "NDS_rel": s["nd_score"] / base_nds if base_nds > 0 else None})
+    return rows
+
+
+def run_robustness(detector, source, cfg, split: str, out_dir: str, baseline: Optional[dict] = None,
+                   cases: Optional[Dict[str, List[str]]] = None, batch_size: int = 1,
+                   load_images: Optional[bool] = None, run_baseline: Optional[bool] = None) -> Optional[List[dict]]:
+    """Evaluate the detector with each sensor failure of ``cases`` (default ``failure_cases()``).
+
+    Each case writes its results and the devkit's metrics under ``out_dir/robustness/<case>/`` (no
+    plots). ``baseline``: the all-sensors summary when already computed, else it is run too
+    (``run_baseline``, default: when ``baseline`` is None; in a distributed run every rank must pass the
+    same ``run_baseline``, since only rank 0 holds a summary).
+    Returns the table rows (``robustness_rows``) on rank 0, None elsewhere; also written to
+    ``out_dir/robustness.json``.
+    """
+    cases = failure_cases() if cases is None else cases
+    if run_baseline is None:
+        run_baseline = baseline is None
+    if run_baseline:
+        run = evaluate_detector(detector, source, cfg, split, os.path.join(out_dir, "robustness", "all_sensors"),
+                                batch_size=batch_size, render_curves=False, load_images=load_images)
+        baseline = run.summary if run is not None else None
+    per_case: Dict[str, Tuple[List[str], dict]] = {}
+    for name, drop in cases.items():
+        run = evaluate_detector(detector, source, cfg, split, os.path.join(out_dir, "robustness", _case_dir(name)),
+                                drop=drop, batch_size=batch_size, render_curves=False, load_images=load_images)
+        if run is not None:
+            per_case[name] = (drop, run.summary)
+            log.info("robustness %s: mAP %.4f NDS %.4f", name, run.summary["mean_ap"], run.summary["nd_score"])
+    if baseline is None:  # not rank 0
+        return None
+    rows = robustness_rows(baseline, per_case)
+    export.write_json_atomic(rows, os.path.join(out_dir, "robustness.json"), indent=1)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and the model
+# ---------------------------------------------------------------------------------------------
+def _state_dict_of(obj) -> Dict:
+    """The parameter mapping inside a checkpoint: the object itself, or its 'model' / 'state_dict' entry;
+    a 'module.' prefix on every key (saved from DistributedDataParallel) is removed."""
+    import torch
+
+    sd = obj
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                sd = obj[key]
+                break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError("checkpoint holds no state dict (a mapping of parameter names to tensors, "
+                              "at the top level or under 'model' / 'state_dict')")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def load_checkpoint_into(model, path: str) -> dict:
+    """Load a checkpoint file into ``model`` after checking that it fits.
+
+    Every parameter and buffer of the model must be in the checkpoint with the same shape and the
+    checkpoint may hold nothing else; otherwise ``CheckpointError`` names the first mismatched
+    parameter (in the model's order, then the checkpoint's). Returns the loaded checkpoint object.
+    """
+    import torch
+
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many classes
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({e.__class__.__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    sd = _state_dict_of(obj)
+    own = model.state_dict()
+    for name, tensor in own.items():
+        if name not in sd:
+            raise CheckpointError(f"{path}: checkpoint does not fit the model: parameter {name!r} "
+                                  f"{tuple(tensor.shape)} is missing from the checkpoint")
+        if tuple(sd[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(f"{path}: checkpoint does not fit the model: parameter {name!r} has shape "
+                                  f"{tuple(sd[name].shape)} in the checkpoint, {tuple(tensor.shape)} in the model")
+    for name in sd:
+        if name not in own:
+            raise CheckpointError(f"{path}: checkpoint does not fit the model: parameter {name!r} "
+                                  f"{tuple(sd[name].shape)} is not in the model")
+    model.load_state_dict(sd, strict=True)
+    return obj
+
+
+class ModelDetector:
+    """A model as a detector: frames -> ``perception.data.batch`` samples -> collated ``Batch`` ->
+    ``model.predict(batch) -> list[Detections]`` (ego frame), on the model's device."""
+
+    def __init__(self, model, cfg):
+        import torch
+
+        self.model, self.cfg = model, cfg
+        self.modalities = tuple(getattr(model, "modalities", MODALITIES))
+        self.needs_images = "camera" in self.modalities
+        params = list(model.parameters())
+        self.device = params[0].device if params else torch.device("cpu")
+
+    def predict(self, frames: Sequence[Frame]) -> List[Detections]:
+        from ..data.batch import collate, frame_to_sample
+
+        batch = collate([frame_to_sample(f, self.cfg) for f in frames])
+        if hasattr(batch, "to"):
+            batch = batch.to(self.device)
+        return list(self.model.predict(batch))
+
+
+def build_detector(cfg, checkpoint: str) -> ModelDetector:
+    """The model of ``cfg`` with ``checkpoint`` loaded, in eval mode, on the GPU of this rank when
+    there is one, as a detector.
+
+    Needs ``perception.models.build.build_model(cfg) -> torch.nn.Module`` with
+    ``predict(batch) -> list[Detections]`` (ego frame) and ``perception.data.batch`` (``frame_to_sample``,
+    ``collate``) to turn frames into its input.
+    """
+    try:
+        from ..models.build import build_model
+    except ImportError as e:
+        name = str(getattr(e, "name", "") or "")
+        if name and not name.startswith("perception.models"):
+            raise  # a real import error inside the models package
+        raise EvalError("no model available: perception.models.build.build_model is not in this tree yet "
+                        "(evaluate a results file with --results, or the pipeline with --oracle)") from None
+    import torch
+
+    model = build_model(cfg)
+    load_checkpoint_into(model, checkpoint)
+    if torch.cuda.is_available():
+        model = model.to(torch.device("cuda", torch.cuda.current_device()))
+    model.eval()
+    if not hasattr(model, "predict"):
+        raise EvalError(f"{type(model).__name__} has no predict(batch) -> list[Detections]")
+    return ModelDetector(model, cfg)

@@ -1,0 +1,101 @@
+"""``report.md``: the devkit's numbers in one page, with where they came from.
+
+Everything in the report is read from the devkit's ``metrics_summary`` (never recomputed), so the
+per-class table agrees with ``metrics_summary.json`` by construction; values are printed with four
+decimals, NaN (a TP error the devkit does not score for a class, e.g. cone orientation) as ``nan``.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from ..structures import CLASSES
+
+TP_NAMES = (("trans_err", "mATE", "ATE"), ("scale_err", "mASE", "ASE"), ("orient_err", "mAOE", "AOE"),
+            ("vel_err", "mAVE", "AVE"), ("attr_err", "mAAE", "AAE"))
+REPORT_FILE = "report.md"
+
+
+def fmt(v: Optional[float]) -> str:
+    if v is None:
+        return "-"
+    v = float(v)
+    return "nan" if math.isnan(v) else f"{v:.4f}"
+
+
+def summary_lines(summary: Mapping) -> List[str]:
+    lines = ["| metric | value |", "| --- | --- |",
+             f"| mAP | {fmt(summary['mean_ap'])} |", f"| NDS | {fmt(summary['nd_score'])} |"]
+    for key, mean_name, _ in TP_NAMES:
+        lines.append(f"| {mean_name} | {fmt(summary['tp_errors'][key])} |")
+    return lines
+
+
+def per_class_lines(summary: Mapping) -> List[str]:
+    """| class | AP | ATE | ASE | AOE | AVE | AAE | rows, one per class in the devkit's order."""
+    lines = ["| class | AP | " + " | ".join(short for _, _, short in TP_NAMES) + " |",
+             "| --- " * (2 + len(TP_NAMES)) + "|"]
+    aps, tps = summary["mean_dist_aps"], summary["label_tp_errors"]
+    names = [c for c in CLASSES if c in aps] + [c for c in aps if c not in CLASSES]
+    for name in names:
+        cells = [fmt(aps[name])] + [fmt(tps[name][key]) for key, _, _ in TP_NAMES]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def robustness_lines(rows: Sequence[Mapping]) -> List[str]:
+    lines = ["| failure | dropped | mAP | NDS | mAP / all sensors | NDS / all sensors |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['case']} | {', '.join(r['drop']) or '-'} | {fmt(r['mAP'])} | {fmt(r['NDS'])} | "
+                     f"{fmt(r['mAP_rel'])} | {fmt(r['NDS_rel'])} |")
+    return lines
+
+
+def write_report(out_dir: str, summary: Mapping, provenance: Mapping[str, object],
+                 robustness: Optional[Sequence[Mapping]] = None, title: str = "Detection evaluation") -> str:
+    """Write ``out_dir/report.md``; returns its path.
+
+    provenance: ordered facts shown at the top (config, checkpoint, data root, version, split, mode,
+        dropped sensors, results file, submission meta)
+    robustness: rows of ``evaluate.robustness_rows`` (None: no robustness section)
+    """
+    from .export import write_text_atomic
+
+    lines = [f"# {title}", ""]
+    for key, value in provenance.items():
+        lines.append(f"- {key}: {value if value not in (None, '', []) else '-'}")
+    lines += ["", "## Summary (nuScenes detection_cvpr_2019)", ""] + summary_lines(summary)
+    lines += ["", "## Per class", ""] + per_class_lines(summary)
+    if robustness is not None:
+        lines += ["", "## Robustness to sensor failure", "",
+                  "Each row removes the named sensors at inference (the frame builder marks them absent); "
+                  "ratios are relative to the all-sensors run.", ""] + robustness_lines(robustness)
+    plot_dir = os.path.join(out_dir, "plots")
+    if os.path.isdir(plot_dir):
+        plots = sorted(os.listdir(plot_dir))
+        if plots:
+            lines += ["", "## Plots (devkit)", ""] + [f"- [plots/{p}](plots/{p})" for p in plots]
+    lines += ["", "Files: results_nusc.json (submission), metrics_summary.json and metrics_details.json "
+              "(written by the devkit).", ""]
+    return write_text_atomic("\n".join(lines), os.path.join(out_dir, REPORT_FILE))
+
+
+def parse_table(text: str, heading: str) -> Dict[str, List[str]]:
+    """The rows of the markdown table under ``## heading``: first cell -> other cells (for tests and tools)."""
+    out: Dict[str, List[str]] = {}
+    lines = text.splitlines()
+    try:
+        start = next(i for i, l in enumerate(lines) if l.strip().startswith("## ") and l.strip()[3:].startswith(heading))
+    except StopIteration:
+        raise KeyError(f"no section {heading!r}") from None
+    rows = []
+    for line in lines[start + 1:]:
+        if line.startswith("## "):
+            break
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    for cells in rows[2:]:
+        out[cells[0]] = cells[1:]
+    return out

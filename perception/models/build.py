@@ -1,0 +1,21 @@
+"""``build_model(cfg)``: the one place that reads the model config."""
+from __future__ import annotations
+
+from ..config import Config
+from .detector import FusionDetector
+from .fusion.cross_attention import build_fusion
+from .heads.centerpoint import build_head
+from .lidar.pointpillars import build_lidar_encoder
+from .radar.radar_pillars import build_radar_encoder
+
+
+def build_model(cfg: Config) -> FusionDetector:
+    m = cfg.model
+    lidar = build_lidar_encoder(cfg) if m.use_lidar else None
+    radar = build_radar_encoder(cfg) if m.use_radar else None
+    camera = None
+    if m.use_camera:
+        from .camera.lss import build_camera_encoder
+
+        camera = build_camera_encoder(cfg)
+    return FusionDetector(lidar, camera, radar, build_fusion(cfg), build_head(cfg))

@@ -1,0 +1,242 @@
+"""Lift-splat camera encoder: images -> ResNet + FPN -> per-pixel depth distribution and context ->
+frustum points in the ego frame -> BEV pooling (the numba op) -> BEV encoder.
+
+Philion & Fidler, "Lift, Splat, Shoot", ECCV 2020; the depth/context head and the outer product
+follow BEVFusion's ``LSSTransform`` (Liu et al., 2022).
+
+Pixel convention: continuous image coordinates with the image's top-left corner at (0, 0), so
+pixel (col i, row j) covers [i, i + 1) x [j, j + 1) and its centre is (i + 0.5, j + 0.5). Under it
+a resize by r is exactly u' = r * u and a horizontal flip of a W-wide image is u' = W - u; the
+data layer's ``img_aug`` matrices must use the same convention. A feature cell (col j, row i) at
+stride s covers input pixels [j s, (j + 1) s) and is lifted at its centre ((j + 0.5) s, (i + 0.5) s).
+
+Depth bins (min, max, step): ``round((max - min) / step)`` bins, bin k lifted at its centre
+``min + (k + 0.5) * step`` metres along the optical axis (camera z, not ray length).
+
+Norms: BatchNorm2d inside the ResNet (torchvision's keys and ImageNet statistics) and, through
+``models.common.conv_norm_act``, in the FPN and the BEV encoder: at inference BatchNorm is a
+per-channel affine map, so a failed camera changes the BEV only where that camera looked (GroupNorm's
+whole-map statistics would spread the change everywhere). Under DDP the engine converts it to
+SyncBatchNorm.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...ops.bev_pool import bev_pool, bev_pool_geometry
+from ..common import conv_norm_act
+from .resnet import BACKBONES, ResNet, load_pretrained
+
+
+class FPN(nn.Module):
+    """Top-down FPN from the ResNet stages down to one map at ``out_stride`` (8 or 16).
+
+    in_channels: channels of (C3, C4, C5) at strides (8, 16, 32)
+    out_channels: channels of the output map
+    """
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int, out_stride: int):
+        super().__init__()
+        if out_stride not in (8, 16):
+            raise ValueError(f"feature_stride must be 8 or 16, got {out_stride}")
+        # Only the stages at or below the output resolution take part: finer stages would need
+        # downsampling and add cost for the (coarse) lifted features.
+        self.first = 0 if out_stride == 8 else 1
+        self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in list(in_channels)[self.first:])
+        self.output = conv_norm_act(out_channels, out_channels, 3)
+
+    def forward(self, c3: torch.Tensor, c4: torch.Tensor, c5: torch.Tensor) -> torch.Tensor:
+        """c3, c4, c5: float[M, Ci, H / s, W / s] -> float[M, out_channels, H / out_stride, W / out_stride]."""
+        feats = [c3, c4, c5][self.first:]
+        x = self.lateral[-1](feats[-1])
+        for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1])):
+            x = lat(f) + F.interpolate(x, size=f.shape[-2:], mode="nearest")
+        return self.output(x)
+
+
+class LiftSplatEncoder(nn.Module):
+    """Camera images -> BEV features on the fused grid.
+
+    backbone: ResNet returning [C2, C3, C4, C5]
+    neck_channels: FPN output channels (the depth net's input)
+    depth_bins: (min, max, step) metres of the depth distribution, along the optical axis
+    context_channels: C, features per lifted point (the BEV pooling's channels)
+    feature_stride: 8 or 16, stride of the lifted image features w.r.t. the network input
+    image_size: (H, W) network input size, pixels (multiples of feature_stride)
+    point_cloud_range: (x_min, y_min, z_min, x_max, y_max, z_max), ego frame, metres
+    voxel_size: (dx, dy, dz) metres of the base grid; a BEV cell is (dx, dy) * bev_stride
+    bev_stride: the output grid is the base grid's BEV shape / bev_stride
+    out_channels: channels of the output BEV map
+    """
+
+    def __init__(self, backbone: ResNet, neck_channels: int, depth_bins: Sequence[float], context_channels: int,
+                 feature_stride: int, image_size: Sequence[int], point_cloud_range: Sequence[float],
+                 voxel_size: Sequence[float], bev_stride: int, out_channels: int):
+        super().__init__()
+        lo, hi, step = (float(v) for v in depth_bins)
+        if not (0 < lo < hi and step > 0):
+            raise ValueError(f"depth_bins must be (min > 0, max > min, step > 0), got {depth_bins}")
+        H, W = (int(v) for v in image_size)
+        self.feature_stride = int(feature_stride)
+        # The lifted map must tile the input exactly, else its cell centres would not be where
+        # the frustum places them (C5 may be rounded up: the FPN resamples it to C4's size).
+        if H % self.feature_stride or W % self.feature_stride:
+            raise ValueError(f"image_size {tuple(image_size)} must be multiples of feature_stride {feature_stride}")
+        self.image_size = (H, W)
+        self.num_depth = int(round((hi - lo) / step))
+        self.context_channels = int(context_channels)
+        self.out_channels = int(out_channels)
+
+        self.backbone = backbone
+        self.neck = FPN(backbone.out_channels[1:], neck_channels, self.feature_stride)
+        # One 1x1 conv predicts the depth logits and the context, as BEVFusion's LSSTransform.
+        self.depth_net = nn.Conv2d(neck_channels, self.num_depth + self.context_channels, 1)
+        self.bev_encoder = nn.Sequential(conv_norm_act(self.context_channels, out_channels, 3),
+                                         conv_norm_act(out_channels, out_channels, 3))
+
+        r, v = [float(x) for x in point_cloud_range], [float(x) for x in voxel_size]
+        self.cell = (v[0] * bev_stride, v[1] * bev_stride)
+        # Derived as GridConfig.bev_shape / bev_stride does, so every encoder agrees on the grid.
+        nx, ny = int(round((r[3] - r[0]) / v[0])), int(round((r[4] - r[1]) / v[1]))
+        if nx % bev_stride or ny % bev_stride:
+            raise ValueError(f"bev_stride {bev_stride} does not divide the grid ({nx} x {ny} cells)")
+        self.bev_hw = (ny // bev_stride, nx // bev_stride)
+        self.register_buffer("range_min", torch.tensor(r[:3], dtype=torch.float32), persistent=False)
+        self.register_buffer("range_max", torch.tensor(r[3:], dtype=torch.float32), persistent=False)
+        self.register_buffer("cell_xy", torch.tensor(self.cell, dtype=torch.float32), persistent=False)
+
+        fH, fW = H // self.feature_stride, W // self.feature_stride
+        self.feature_hw = (fH, fW)
+        s = float(self.feature_stride)
+        ys = (torch.arange(fH, dtype=torch.float64) + 0.5) * s
+        xs = (torch.arange(fW, dtype=torch.float64) + 0.5) * s
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        # [fH * fW, 3] homogeneous network-input pixel (u, v, 1) of each feature cell centre
+        self.register_buffer("frustum_pixels", torch.stack([xx, yy, torch.ones_like(xx)], -1).reshape(-1, 3),
+                             persistent=False)
+        self.register_buffer("depth_centres", lo + (torch.arange(self.num_depth, dtype=torch.float64) + 0.5) * step,
+                             persistent=False)
+
+    # ------------------------------------------------------------------------------------------
+    # Geometry
+    # ------------------------------------------------------------------------------------------
+    def ego_points(self, intrinsics: torch.Tensor, img_aug: torch.Tensor, T_ego_from_cam: torch.Tensor) -> torch.Tensor:
+        """Frustum points in the ego frame: float32[M, D, fH, fW, 3] (x, y, z) metres.
+
+        intrinsics: float[M, 3, 3] pinhole matrix of the original image, pixels
+        img_aug: float[M, 3, 3] original pixel (u, v, 1) -> network-input pixel
+        T_ego_from_cam: float[M, 4, 4] camera -> ego frame, metres
+        """
+        M = intrinsics.shape[0]
+        D, (fH, fW) = self.num_depth, self.feature_hw
+        # Fold the 3x3 chain once per camera in float64 (cheap), so the per-point work is one
+        # matrix product and the inversions lose no precision.
+        R = T_ego_from_cam[:, :3, :3].double()
+        t = T_ego_from_cam[:, :3, 3].double()
+        A = R @ torch.linalg.inv(intrinsics.double()) @ torch.linalg.inv(img_aug.double())  # [M, 3, 3]
+        # .to(A): the float64 buffers may have been cast by model.half() / .to(dtype)
+        rays = self.frustum_pixels.to(A) @ A.transpose(1, 2)  # [M, fH*fW, 3] at camera depth 1
+        d = self.depth_centres.to(A)
+        pts = d.view(1, D, 1, 1) * rays.unsqueeze(1) + t.view(M, 1, 1, 3)  # [M, D, fH*fW, 3]
+        return pts.float().view(M, D, fH, fW, 3)
+
+    def bev_coords(self, points: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """BEV cell of ego points: (int64[..., 2] (y, x), bool[...] inside the grid and z range).
+
+        points: float32[..., 3] (x, y, z) ego frame, metres. Index = floor((p - min) / cell) in
+        float32; z must lie in [z_min, z_max), half-open as the LiDAR voxelizer's cells.
+        """
+        q = (points[..., :2] - self.range_min[:2]) / self.cell_xy
+        Hb, Wb = self.bev_hw
+        z = points[..., 2]
+        keep = ((q[..., 0] >= 0) & (q[..., 0] < Wb) & (q[..., 1] >= 0) & (q[..., 1] < Hb)
+                & (z >= self.range_min[2]) & (z < self.range_max[2]))
+        yx = torch.floor(q.flip(-1)).long()
+        return yx, keep
+
+    # ------------------------------------------------------------------------------------------
+    # Network
+    # ------------------------------------------------------------------------------------------
+    def image_features(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """images: float[M, 3, H, W] normalized -> (depth probabilities float[M, D, fH, fW] (softmax over D),
+        context float[M, C, fH, fW])."""
+        # channels_last: the oneDNN / cuDNN convolutions of the narrow ResNet stages run markedly faster
+        # in NHWC (about 1.5x for the width-16 CPU model), and the splat's per-pixel context rows
+        # are then contiguous.
+        _, c3, c4, c5 = self.backbone(images.contiguous(memory_format=torch.channels_last))
+        x = self.depth_net(self.neck(c3, c4, c5))
+        return x[:, :self.num_depth].softmax(dim=1), x[:, self.num_depth:]
+
+    def splat(self, depth: torch.Tensor, context: torch.Tensor, intrinsics: torch.Tensor, img_aug: torch.Tensor,
+              T_ego_from_cam: torch.Tensor, batch_index: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Lift each feature cell along its ray and sum into BEV: float[B, C, Hb, Wb].
+
+        depth: float[M, D, fH, fW] depth distribution per feature cell (sums to 1 over D for softmax)
+        context: float[M, C, fH, fW] features per feature cell
+        intrinsics, img_aug, T_ego_from_cam: float[M, 3, 3], [M, 3, 3], [M, 4, 4] of those M images
+        batch_index: int64[M] sample of each image
+        A point's feature is depth[m, d, v, u] * context[m, :, v, u] (the LSS outer product); only the
+        points inside the grid are formed, so the dropped ones cost nothing.
+        """
+        M, D, fH, fW = depth.shape
+        C = context.shape[1]
+        with torch.no_grad():
+            pts = self.ego_points(intrinsics, img_aug, T_ego_from_cam)  # [M, D, fH, fW, 3]
+            yx, keep = self.bev_coords(pts)
+            kept = torch.nonzero(keep.view(-1)).squeeze(1)  # flat (m, d, v, u) index
+            HW = fH * fW
+            m = kept // (D * HW)
+            pixel = m * HW + kept % HW  # flat (m, v, u) index into the context
+            coords = torch.cat([batch_index[m].unsqueeze(1), yx.view(-1, 2)[kept]], 1)
+        feats = depth.reshape(-1)[kept].unsqueeze(1) * context.permute(0, 2, 3, 1).reshape(M * HW, C)[pixel]
+        if feats.dtype in (torch.float16, torch.bfloat16):
+            # The numba kernels have no half types (under autocast the image side may be half).
+            feats = feats.float()
+        geometry = bev_pool_geometry(coords, batch_size, self.bev_hw)
+        return bev_pool(feats, geometry)
+
+    def forward(self, images: torch.Tensor, intrinsics: torch.Tensor, img_aug: torch.Tensor,
+                T_ego_from_cam: torch.Tensor, camera_mask: torch.Tensor) -> torch.Tensor:
+        """Camera BEV features float[B, out_channels, Hb, Wb], rows = ego y, cols = ego x.
+
+        images: float32[B, N, 3, H, W] RGB normalized with IMAGE_MEAN / IMAGE_STD, network input size
+        intrinsics: float32[B, N, 3, 3] pinhole matrix of the original image, pixels
+        img_aug: float32[B, N, 3, 3] original-image pixel (u, v, 1) -> network-input pixel
+        T_ego_from_cam: float32[B, N, 4, 4] camera -> ego frame at the reference time, metres
+        camera_mask: bool[B, N] camera present; absent images are not run through the network and
+            a sample without any camera gives an all-zero map
+        """
+        B, N, _, H, W = images.shape
+        if (H, W) != self.image_size:
+            raise ValueError(f"images are {H}x{W}, the encoder was built for {self.image_size[0]}x{self.image_size[1]}")
+        Hb, Wb = self.bev_hw
+        b_idx, n_idx = torch.nonzero(camera_mask, as_tuple=True)
+        if b_idx.numel() == 0:
+            return images.new_zeros(B, self.out_channels, Hb, Wb)
+        depth, context = self.image_features(images[b_idx, n_idx])
+        bev = self.splat(depth, context, intrinsics[b_idx, n_idx], img_aug[b_idx, n_idx],
+                         T_ego_from_cam[b_idx, n_idx], b_idx, B)
+        out = self.bev_encoder(bev)
+        # The norms' biases would make an empty canvas non-zero: a sample without cameras must read
+        # as "no camera information" to the fusion.
+        has_camera = camera_mask.any(dim=1).to(out.dtype).view(B, 1, 1, 1)
+        return out * has_camera
+
+
+def build_camera_encoder(cfg) -> LiftSplatEncoder:
+    """The camera encoder of ``cfg`` (perception.config.Config): model.camera, grid, model.bev_stride
+    and model.bev_channels. The FPN has 4 * backbone_width channels (256 at torchvision's width, as
+    BEVFusion's camera neck). ``model.camera.pretrained`` loads a local torchvision state dict."""
+    c = cfg.model.camera
+    backbone = BACKBONES[c.backbone](c.backbone_width)
+    if c.pretrained:
+        load_pretrained(backbone, c.pretrained)
+    return LiftSplatEncoder(backbone, neck_channels=4 * c.backbone_width, depth_bins=c.depth_bins,
+                            context_channels=c.channels, feature_stride=c.feature_stride,
+                            image_size=c.image_size, point_cloud_range=cfg.grid.point_cloud_range,
+                            voxel_size=cfg.grid.voxel_size, bev_stride=cfg.model.bev_stride,
+                            out_channels=cfg.model.bev_channels)

@@ -1,0 +1,29 @@
+"""Small building blocks shared by the encoders, the fusion and the head."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def bev_norm(channels: int) -> nn.BatchNorm2d:
+    """BatchNorm for BEV and image maps. At inference it is a per-channel affine map, so a change in
+    one region of the map (a failed camera) stays local; GroupNorm's statistics over the whole map
+    would leak it everywhere. Dense maps give every batch thousands of positions, so its statistics
+    are sound even with one sample per device; under DDP the engine converts it to SyncBatchNorm."""
+    return nn.BatchNorm2d(channels)
+
+
+def conv_norm_act(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), bev_norm(cout),
+                         nn.ReLU(inplace=True))
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of every cell of x: [B, C, H, W]."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)

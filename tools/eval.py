@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""Offline evaluation with the official nuScenes metrics.
+
+    python tools/eval.py CONFIG --checkpoint CKPT --dataroot DIR --version VERSION --split SPLIT --out OUT
+                         [--drop camera|lidar|radar|CHANNEL ...] [--robustness] [--batch-size N]
+    python tools/eval.py CONFIG --oracle  --dataroot DIR ... --out OUT   # ground truth through the pipeline
+    python tools/eval.py [CONFIG] --results FILE --dataroot DIR ... --out OUT   # an existing results file
+
+Writes OUT/results_nusc.json (not with --results), OUT/metrics_summary.json, OUT/metrics_details.json,
+OUT/plots/ (devkit) and OUT/report.md; with --robustness also OUT/robustness/<case>/ and OUT/robustness.json.
+Shardable: torchrun --nproc-per-node N tools/eval.py ... (gloo on CPU, nccl on GPU); rank 0 writes.
+Exit status: 0 done, 2 unusable arguments or inputs (the message says which).
+"""
+import argparse
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from perception.structures import ALL_CHANNELS  # noqa: E402
+
+DROP_CHOICES = ("lidar", "camera", "radar") + ALL_CHANNELS
+
+
+def _init_distributed():
+    """Join the torchrun process group when launched by torchrun; returns True when it did."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch
+    import torch.distributed as dist
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return True
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n", 2)[2])
+    ap.add_argument("config", nargs="?", help="YAML config (defaults when left out; only with --results)")
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--checkpoint", help="model checkpoint to evaluate")
+    mode.add_argument("--oracle", action="store_true",
+                      help="evaluate the ground truth routed through the pipeline (self-check of conventions)")
+    mode.add_argument("--results", metavar="FILE", help="evaluate an existing nuScenes results file, no model")
+    ap.add_argument("--dataroot", required=True, help="nuScenes-format data root")
+    ap.add_argument("--version", default="v1.0-trainval", help="table folder, e.g. v1.0-trainval or v1.0-mini")
+    ap.add_argument("--split", default="val", help="split to evaluate (val, mini_val, ...)")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--drop", nargs="+", action="extend", default=[], choices=DROP_CHOICES, metavar="SENSOR",
+                    help="remove sensors at inference: lidar, camera, radar or channel names")
+    ap.add_argument("--robustness", action="store_true",
+                    help="also evaluate every sensor failure (each camera, each radar, all cameras, all radars, "
+                         "lidar) and add the robustness table to the report")
+    ap.add_argument("--batch-size", type=int, default=1, help="frames per detector call")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    ap.add_argument("--no-plots", action="store_true", help="skip the devkit's PR and TP-error plots")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(message)s")
+
+    if args.results and (args.drop or args.robustness):
+        ap.error("--drop and --robustness need a model (--checkpoint) or --oracle, not --results")
+    if args.robustness and args.drop:
+        ap.error("--robustness runs every failure itself; leave out --drop")
+    if (args.checkpoint or args.oracle) and not args.config:
+        ap.error("CONFIG is required with --checkpoint and --oracle")
+    if args.batch_size < 1:
+        ap.error("--batch-size must be >= 1")
+
+    from perception.config import ConfigError, load_config
+    from perception.data.nuscenes_source import DataRootError, NuScenesSource
+    from perception.eval import evaluate as ev
+    from perception.eval.export import ExportError
+    from perception.eval.report import write_report
+
+    distributed = _init_distributed()
+    rank = ev.dist_rank_world()[0]
+    try:
+        cfg = load_config(args.config, args.set)
+        if os.path.isdir(os.path.join(args.dataroot, args.version)):  # else the source names the bad root
+            ev.check_split(args.dataroot, args.version, args.split)  # before loading tables or a model
+        source = NuScenesSource(args.dataroot, args.version)
+        ev.split_sample_tokens(source.nusc, args.split)  # a split with no samples here: fail before any model work
+        out = os.path.abspath(args.out)
+        render = not args.no_plots
+        if args.results:
+            summary = ev.evaluate_results(source.nusc, os.path.abspath(args.results), args.split, out,
+                                          render_curves=render)
+            results_path, meta, drop, rows = os.path.abspath(args.results), None, [], None
+            mode_text = "results file"
+        else:
+            if args.oracle:
+                detector, mode_text = ev.OracleDetector(), "oracle (ground truth through the pipeline)"
+            else:
+                detector, mode_text = ev.build_detector(cfg, args.checkpoint), "model"
+            run = ev.evaluate_detector(detector, source, cfg, args.split, out, drop=args.drop,
+                                       batch_size=args.batch_size, render_curves=render)
+            rows = None
+            if args.robustness:
+                rows = ev.run_robustness(detector, source, cfg, args.split, out,
+                                         baseline=run.summary if run is not None else None,
+                                         batch_size=args.batch_size, run_baseline=False)
+                if rows is None and run is not None:
+                    rows = []
+            if run is None:  # not rank 0
+                return 0
+            summary, results_path, meta, drop = run.summary, run.results_path, run.meta, run.drop
+        if rank != 0:
+            return 0
+        provenance = {
+            "mode": mode_text,
+            "config": cfg.source,
+            "checkpoint": os.path.abspath(args.checkpoint) if args.checkpoint else None,
+            "data root": os.path.abspath(args.dataroot),
+            "version": args.version,
+            "split": f"{args.split} ({len(ev.split_sample_tokens(source.nusc, args.split))} samples in this root)",
+            "results": results_path,
+            "sensors dropped": ", ".join(drop) or "none",
+            "submission meta": ", ".join(k for k, v in (summary.get("meta") or meta or {}).items() if v) or "none",
+        }
+        report = write_report(out, summary, provenance, robustness=rows)
+    except (ev.EvalError, ExportError, ConfigError, DataRootError) as e:
+        print(f"eval: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    print(f"mAP {summary['mean_ap']:.4f}  NDS {summary['nd_score']:.4f}  report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
