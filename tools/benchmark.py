@@ -3,6 +3,7 @@
 
     python tools/benchmark.py data [--dataroot DIR --version V] [--frames N] [--json OUT]
     python tools/benchmark.py ops [--json OUT]
+    python tools/benchmark.py model --config C [--frames N] [--threads T] [--json OUT]
 
 data: frames per second of building synchronized frames (10 LiDAR sweeps, 6 sweeps per radar) on
 one core, LiDAR+radar assembly alone and with the six images decoded. Without --dataroot it runs on
@@ -16,9 +17,13 @@ import sys
 import tempfile
 import time
 
-# One core: the data path runs inside loader workers, one process each.
-for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(var, "1")
+
+
+def set_threads(n: int) -> None:
+    """Thread count for torch, numba and BLAS; must run before they are imported."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = str(n)
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 REAL_ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
@@ -104,6 +109,82 @@ def bench_data(args) -> dict:
     return results
 
 
+def bench_model(args) -> dict:
+    """Parameters per component, latency per stage and end to end, peak memory, for one config on
+    real keyframes (the shared real scenes; sweep files absent there, so the LiDAR input is the
+    keyframe sweep: ~34k points)."""
+    import resource
+
+    import numpy as np
+    import torch
+
+    from perception.config import load_config
+    from perception.data.batch import collate, frame_to_sample
+    from perception.data.nuscenes_source import NuScenesSource
+    from perception.models.build import build_model
+    from perception.models.lidar.pointpillars import voxelize_batch
+
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, args.set)
+    source = NuScenesSource(args.dataroot or REAL_ROOT, args.version)
+    from perception.sync.synchronizer import FrameBuilder
+
+    fb = FrameBuilder(source, source.scene_names()[-1], cfg)
+    refs = fb.keyframe_references[: args.frames]
+    batches = [collate([frame_to_sample(fb.build(r), cfg)]) for r in refs]
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    params = {name: sum(p.numel() for p in mod.parameters()) for name, mod in
+              (("lidar", model.lidar), ("camera", model.camera), ("radar", model.radar),
+               ("fusion", model.fusion), ("head", model.head)) if mod is not None}
+    params["total"] = sum(p.numel() for p in model.parameters())
+    stages = {k: [] for k in ("voxelize", "lidar", "camera", "radar", "fusion", "head", "decode", "end_to_end")}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        stages[name].append(time.perf_counter() - t0)
+        return out
+
+    with torch.no_grad():
+        for b in batches[:2]:  # warm-up: numba compilation, allocator
+            model.predict(b)
+        for b in batches:
+            if model.lidar is not None:
+                lc = model.lidar
+                pts = [p[:, list(lc.POINT_COLUMNS)].float() for p in b.lidar_points]
+                timed("voxelize", lambda: voxelize_batch(pts, lc.voxel_size, lc.point_cloud_range, lc.max_points,
+                                                         lc.max_voxels[1]))
+            feats = [None, None, None]
+            if model.lidar is not None:
+                feats[0] = timed("lidar", lambda: model.lidar(b.lidar_points))
+            if model.camera is not None:
+                feats[1] = timed("camera", lambda: model.camera(b.images, b.intrinsics, b.img_aug, b.T_ego_from_cam,
+                                                                b.camera_mask))
+            if model.radar is not None:
+                feats[2] = timed("radar", lambda: model.radar(b.radar_points))
+            present = b.modality_mask.clone()
+            for m, f in enumerate(feats):
+                if f is None:
+                    present[:, m] = False
+            fused = timed("fusion", lambda: model.fusion(feats, present))
+            preds = timed("head", lambda: model.head(fused, b.ego_velocity))
+            timed("decode", lambda: model.head.decode(preds, b.sample_tokens, b.timestamps))
+            timed("end_to_end", lambda: model.predict(b))
+    ms = {k: round(1e3 * float(np.median(v)), 1) for k, v in stages.items() if v}
+    res = {"config": cfg.source, "threads": args.threads, "frames": len(batches), "parameters": params,
+           "median_ms": ms, "frames_per_s": round(1e3 / ms["end_to_end"], 2),
+           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+           "bev_shape": list(cfg.bev_shape)}
+    print(f"model benchmark: {cfg.source}, {len(batches)} real keyframes, batch 1, {args.threads} threads, "
+          f"fused BEV {cfg.bev_shape[0]}x{cfg.bev_shape[1]}")
+    print("parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in params.items()))
+    print("median latency ms (lidar includes voxelize; end_to_end = predict incl. decode):")
+    print("  " + "  ".join(f"{k} {v}" for k, v in ms.items()))
+    print(f"end to end: {res['frames_per_s']} frames/s; peak RSS {res['peak_rss_mb']} MB")
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="benchmarks")
     sub = ap.add_subparsers(dest="what", required=True)
@@ -114,9 +195,22 @@ def main(argv=None) -> int:
     d.add_argument("--json")
     o = sub.add_parser("ops", help="voxelization, BEV pooling and NMS kernels")
     o.add_argument("--json")
+    m = sub.add_parser("model", help="detector parameters, per-stage latency, frames/s, memory")
+    m.add_argument("--config", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
+                                                    "fusion_tiny.yaml"))
+    m.add_argument("--set", action="append", default=[])
+    m.add_argument("--dataroot")
+    m.add_argument("--version", default="v1.0-trainval")
+    m.add_argument("--frames", type=int, default=12)
+    m.add_argument("--threads", type=int, default=2)
+    m.add_argument("--json")
     args = ap.parse_args(argv)
     if args.what == "data":
+        set_threads(1)  # the data path runs inside loader workers, one process (one core) each
         res = bench_data(args)
+    elif args.what == "model":
+        set_threads(args.threads)
+        res = bench_model(args)
     else:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from benchmark_ops import run_ops_benchmark
