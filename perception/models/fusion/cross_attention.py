@@ -8,9 +8,9 @@ mean of the present modalities' features plus an absolute positional encoding of
 residual, LayerNorm and feed-forward block follow (a Transformer decoder layer restricted to a
 local window).
 
-The window is evaluated by shifting the key/value maps once per offset (k*k*M shifts), never by
-materialising [cells, tokens, channels] tensors: memory stays O(B * heads * tokens * H * W) for the
-attention weights, and compute is linear in H * W.
+The window is gathered with ``F.unfold`` (k*k copies of each key/value map, O(B * C * k^2 * H * W)
+memory per modality) and the attention is a handful of batched tensor ops: compute and memory are
+linear in H * W, with no [cells x cells] attention anywhere.
 
 Absent modalities (per sample) are masked out of the softmax. In training, ``modality_dropout``
 hides present modalities at random per sample (never all of a sample's present ones), so the model
@@ -40,8 +40,7 @@ class LocalCrossAttention(nn.Module):
         self.C, self.M, self.k, self.h = channels, num_modalities, window, heads
         self.d = channels // heads
         self.q_proj = nn.Conv2d(channels, channels, 1)
-        self.k_proj = nn.Conv2d(channels, channels, 1)
-        self.v_proj = nn.Conv2d(channels, channels, 1)
+        self.kv_proj = nn.Conv2d(channels, 2 * channels, 1)  # keys and values in one conv
         self.out_proj = nn.Conv2d(channels, channels, 1)
         self.modality_embed = nn.Parameter(torch.zeros(num_modalities, channels))
         self.offset_embed = nn.Parameter(torch.zeros(num_modalities, window * window, channels))
@@ -61,31 +60,41 @@ class LocalCrossAttention(nn.Module):
         returns float[B, C, H, W]
         """
         B, C, H, W = query.shape
-        h, d, k, pad = self.h, self.d, self.k, self.k // 2
-        q = self.q_proj(query).view(B, h, d, H, W) / math.sqrt(d)
+        h, d, k = self.h, self.d, self.k
+        kk, HW = k * k, H * W
+        q = (self.q_proj(query) / math.sqrt(d)).reshape(B, h, d, 1, HW)
         logits, values = [], []
         for m, f in enumerate(feats):
             if f is None:
                 continue
-            key = F.pad(self.k_proj(f) + self.modality_embed[m].view(1, C, 1, 1), (pad, pad, pad, pad))
-            val = F.pad(self.v_proj(f) + self.modality_embed[m].view(1, C, 1, 1), (pad, pad, pad, pad))
-            for o in range(k * k):
-                dy, dx = divmod(o, k)
-                ks = key[:, :, dy:dy + H, dx:dx + W].reshape(B, h, d, H, W)
-                rel = self.offset_embed[m, o].view(1, h, d, 1, 1)
-                lg = (q * (ks + rel)).sum(2)  # [B, h, H, W]
-                mask = present[:, m].view(B, 1, 1, 1)
-                logits.append(lg.masked_fill(~mask, float("-inf")))
-                values.append((m, dy, dx, val))
-        null_logit = (q * self.null_key.view(1, h, d, 1, 1)).sum(2)
-        att = torch.softmax(torch.stack(logits + [null_logit], dim=2), dim=2)  # [B, h, T, H, W]
-        out = att[:, :, -1:].unsqueeze(3) * self.null_value.view(1, h, 1, d, 1, 1)
-        out = out.squeeze(2)  # [B, h, d, H, W]
-        for t, (m, dy, dx, val) in enumerate(values):
-            vs = val[:, :, dy:dy + H, dx:dx + W].reshape(B, h, d, H, W)
-            out = out + att[:, :, t].unsqueeze(2) * vs
+            kv = self.kv_proj(f) + self.modality_embed[m].repeat(2).view(1, 2 * C, 1, 1)
+            kv = _neighbourhood(kv, k).view(B, 2, h, d, kk, HW)
+            # q . (key + rel) = q . key + q . rel: the relative-offset term never touches the
+            # unfolded map
+            rel = torch.einsum("bhdn,hdk->bhkn", q[:, :, :, 0], self.offset_embed[m].t().reshape(h, d, kk))
+            lg = (q * kv[:, 0]).sum(2) + rel  # [B, h, kk, HW]
+            logits.append(lg.masked_fill(~present[:, m].view(B, 1, 1, 1), float("-inf")))
+            values.append(kv[:, 1])
+        null_logit = (q[:, :, :, 0] * self.null_key.view(1, h, d, 1)).sum(2, keepdim=True)  # [B, h, 1, HW]
+        att = torch.softmax(torch.cat(logits + [null_logit], dim=2), dim=2)  # [B, h, T, HW]
+        out = att[:, :, -1:].unsqueeze(2) * self.null_value.view(1, h, d, 1, 1)  # [B, h, d, 1, HW]
+        out = out.squeeze(3)
+        for i, val in enumerate(values):
+            a = att[:, :, i * kk:(i + 1) * kk].unsqueeze(2)  # [B, h, 1, kk, HW]
+            out = out + (a * val).sum(3)
         x = self.norm1(query + self.out_proj(out.reshape(B, C, H, W)))
         return self.norm2(x + self.ffn(x))
+
+
+def _neighbourhood(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x: [B, C, H, W] -> [B, C, k*k, H*W], the k x k neighbourhood of every cell (zero-padded at
+    the borders), offsets in row-major order. Same result as F.unfold, but built from k*k shifted
+    slices: unfold's im2col is single-threaded and several times slower on CPU."""
+    B, C, H, W = x.shape
+    p = k // 2
+    xp = F.pad(x, (p, p, p, p))
+    return torch.stack([xp[:, :, dy:dy + H, dx:dx + W] for dy in range(k) for dx in range(k)], dim=2).reshape(
+        B, C, k * k, H * W)
 
 
 def sinusoidal_grid(channels: int, H: int, W: int) -> torch.Tensor:
