@@ -44,6 +44,24 @@ class Failures:
     lidar_blackout: (start_s, end_s): LiDAR sweeps in that interval hold no points
     timestamp_jitter_us: each sample_data timestamp is off by up to +- this many us
     corrupt_files: this many sensor files (over the whole root) are truncated
+
+    The manifest (``synthetic_manifest.json``, key ``injected_failures``) records each failure as a
+    health check would see it, one record per problem:
+
+    - message_dropped: one record per run of consecutive lost messages of a channel, with the
+      surviving neighbours' timestamps (``after_timestamp`` / ``before_timestamp``). A run of ONE
+      radar or camera message is marked ``detectable: False``: real nuScenes drives lose single
+      radar and camera messages routinely (2x-period gaps in the shared real scenes), so one lost
+      message cannot be told from the sensor's normal behaviour; LiDAR never skips a sweep.
+    - camera_killed: one record per silent run of the camera (``timestamps`` of the lost images).
+    - lidar_blackout: one record per run of consecutive empty sweeps (``filenames``).
+    - timestamp_jitter: one record per scene and channel (``offsets_us`` per sample_data token).
+      Only a channel on a triggered clock (LiDAR, cameras) has a model its timestamps must follow;
+      radars run free (real periods scatter 68-81 ms), so jitter on them is marked
+      ``detectable: False``. ``keyframe_association_broken`` lists the samples whose keyframe
+      message of the channel is no longer the one nearest to the (jittered) keyframe time, where
+      the dataset's association now contradicts its own timestamps.
+    - corrupt_file: one record per truncated file.
     """
 
     drop_rate: float = 0.0
@@ -199,18 +217,36 @@ def generate_scene(out_dir: str, seed: int, index: int, name: str, cfg: Generato
 
     # ---- failure injection on the message lists
     injected: List[dict] = []
+    lost_runs = []  # (record, index of the first kept message after the run, or None)
     for ch in sorted(msgs):
         keep = []
+        run_kind, run = None, None
         for m in msgs[ch]:
+            kind = None
             if fl.kill_camera and ch == fl.kill_camera[0] and \
                     t0 + fl.kill_camera[1] * 1e6 <= m.t <= t0 + fl.kill_camera[2] * 1e6:
-                injected.append({"kind": "camera_killed", "scene": name, "channel": ch, "timestamp": m.t})
+                kind = "camera_killed"
+            elif fl.drop_rate and m.key < 0 and r_fail.uniform() < fl.drop_rate:
+                kind = "message_dropped"
+            if kind is None:
+                if run is not None:
+                    lost_runs.append((run, m))
+                run_kind, run = None, None
+                keep.append(m)
                 continue
-            if fl.drop_rate and m.key < 0 and r_fail.uniform() < fl.drop_rate:
-                injected.append({"kind": "message_dropped", "scene": name, "channel": ch, "timestamp": m.t})
-                continue
-            keep.append(m)
+            # Consecutive lost messages are one failure (one gap in the channel), whatever the cause
+            # of each; a kill interval names the failure when it is part of it.
+            if run is None:
+                run = {"kind": kind, "scene": name, "channel": ch, "timestamp": m.t, "timestamps": [],
+                       "after": keep[-1] if keep else None}
+                injected.append(run)
+            elif kind == "camera_killed":
+                run["kind"] = kind
+            run["timestamps"].append(m.t)
+        if run is not None:
+            lost_runs.append((run, None))
         msgs[ch] = keep
+    jitter_rec: Dict[str, dict] = {}
     for ch in sorted(msgs):
         prev = None
         for m in msgs[ch]:
@@ -218,9 +254,17 @@ def generate_scene(out_dir: str, seed: int, index: int, name: str, cfg: Generato
             m.stamp = m.t + j
             if prev is not None and m.stamp <= prev:
                 m.stamp = prev + 1  # keep each chain in time order
-            if j:
-                injected.append({"kind": "timestamp_jitter", "scene": name, "channel": ch, "timestamp": m.stamp,
-                                 "offset_us": m.stamp - m.t})
+            if m.stamp != m.t:
+                rec = jitter_rec.get(ch)
+                if rec is None:
+                    rec = jitter_rec[ch] = {
+                        "kind": "timestamp_jitter", "scene": name, "channel": ch,
+                        "amplitude_us": fl.timestamp_jitter_us, "offsets_us": {}, "max_abs_offset_us": 0,
+                        "detectable": ch == LIDAR_CHANNEL or ch in CAMERA_CHANNELS,
+                        "keyframe_association_broken": []}
+                    injected.append(rec)
+                rec["offsets_us"][m.t] = m.stamp - m.t  # keyed by true time until tokens exist
+                rec["max_abs_offset_us"] = max(rec["max_abs_offset_us"], abs(m.stamp - m.t))
             prev = m.stamp
             ext = "pcd.bin" if ch == LIDAR_CHANNEL else ("jpg" if ch.startswith("CAM") else "pcd")
             folder = "samples" if m.key >= 0 else "sweeps"
@@ -229,6 +273,8 @@ def generate_scene(out_dir: str, seed: int, index: int, name: str, cfg: Generato
     # A keyframe's sample time is its LiDAR keyframe's (possibly jittered) timestamp.
     sample_t = {m.key: m.stamp for m in msgs[LIDAR_CHANNEL] if m.key >= 0}
     sample_tok = [token(seed, name, "sample", k) for k in range(n_key)]
+    _record_lost_runs(lost_runs, msgs, sample_t, n_key)
+    _record_jitter(jitter_rec, msgs, sample_t, sample_tok)
 
     # ---- ego poses (localization output: truth + small smooth error), one per sample_data
     pose_noise = _SmoothNoise.make(r_noise, np.array([cfg.pose_noise_m, cfg.pose_noise_m, cfg.pose_noise_m * 0.02]), 0.5)
@@ -251,12 +297,17 @@ def generate_scene(out_dir: str, seed: int, index: int, name: str, cfg: Generato
         return p
 
     lidar_key_points: Dict[int, np.ndarray] = {}
+    blackout: Optional[dict] = None
     for m in msgs[LIDAR_CHANNEL]:
         pts = simulate_sweep(world, m.t, cfg.lidar, r_lidar)
         if fl.lidar_blackout and t0 + fl.lidar_blackout[0] * 1e6 <= m.t <= t0 + fl.lidar_blackout[1] * 1e6:
             pts = pts[:0]
-            injected.append({"kind": "lidar_blackout", "scene": name, "channel": LIDAR_CHANNEL, "timestamp": m.stamp,
-                             "filename": m.filename})
+            if blackout is None:  # the blacked-out sweeps are consecutive: one failure
+                blackout = {"kind": "lidar_blackout", "scene": name, "channel": LIDAR_CHANNEL,
+                            "timestamp": m.stamp, "filename": m.filename, "timestamps": [], "filenames": []}
+                injected.append(blackout)
+            blackout["timestamps"].append(m.stamp)
+            blackout["filenames"].append(m.filename)
         pts.tofile(path(m))
         if m.key >= 0:
             lidar_key_points[m.key] = pts
@@ -384,6 +435,43 @@ def generate_scene(out_dir: str, seed: int, index: int, name: str, cfg: Generato
             "files": sorted(m.filename for ch in msgs for m in msgs[ch])}
 
 
+def _record_lost_runs(lost_runs, msgs, sample_t, n_key) -> None:
+    """Complete the records of lost-message runs once the survivors' timestamps are known: the
+    neighbours bounding the gap (None at a chain end) and whether one can tell it from a healthy
+    sensor (see ``Failures``)."""
+    for rec, nxt in lost_runs:
+        after = rec.pop("after")
+        rec["after_timestamp"] = after.stamp if after is not None else None
+        rec["before_timestamp"] = nxt.stamp if nxt is not None else None
+        rec["count"] = len(rec["timestamps"])
+        single_ok = rec["channel"] != LIDAR_CHANNEL and rec["count"] == 1 and rec["kind"] == "message_dropped"
+        rec["detectable"] = not single_ok
+        if single_ok:
+            rec["why_not"] = ("one lost radar/camera message: real sensors lose single messages routinely, "
+                              "a 2x-period gap is normal")
+
+
+def _record_jitter(jitter_rec, msgs, sample_t, sample_tok) -> None:
+    """Key the jitter offsets by sample_data token and list the keyframes whose association the
+    jitter broke: the dataset's keyframe message of a channel is no longer the one nearest to the
+    keyframe's (camera: trigger) time among the recorded timestamps."""
+    for ch, rec in jitter_rec.items():
+        by_t = {m.t: m for m in msgs[ch]}
+        rec["offsets_us"] = {by_t[t].token: off for t, off in rec["offsets_us"].items()}
+    for ch in sorted(msgs):
+        if ch == LIDAR_CHANNEL or not msgs[ch]:
+            continue
+        stamps = np.array([m.stamp for m in msgs[ch]])
+        for i, m in enumerate(msgs[ch]):
+            if m.key < 0 or m.key not in sample_t:
+                continue
+            target = sample_t[m.key] - rig.CAMERA_TRIGGER_OFFSET_US.get(ch, 0)
+            if abs(int(stamps[i]) - target) > int(np.min(np.abs(stamps - target))):
+                rec = jitter_rec.get(ch)
+                if rec is not None:
+                    rec["keyframe_association_broken"].append(sample_tok[m.key])
+
+
 def _map_png(world: World) -> bytes:
     import cv2
 
@@ -492,6 +580,8 @@ def generate(out_dir: str, cfg: GeneratorConfig, seed: int = 0, verbose: bool = 
 def _corrupt_files(out_dir: str, files: List[str], n: int, seed: int) -> List[dict]:
     """Truncate n sensor files (chosen by the seed) to a length no reader accepts."""
     rng = np.random.default_rng([seed, 7_777])
+    # An empty file (a LiDAR blackout sweep) stays empty when truncated: no corruption to record.
+    files = [f for f in files if os.path.getsize(os.path.join(out_dir, f)) > 0]
     out = []
     for i in rng.choice(len(files), size=min(n, len(files)), replace=False):
         rel = files[int(i)]
