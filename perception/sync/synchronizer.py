@@ -210,16 +210,19 @@ class FrameBuilder:
         raise KeyError(f"sample {sample_token}: its LiDAR record {token} is not in scene {self.scene['name']}")
 
     # ------------------------------------------------------------------ building
-    def plan(self, ref, with_gt: bool = True) -> "FramePlan":
+    def plan(self, ref, with_gt: bool = True, selection: Optional[Selection] = None) -> "FramePlan":
         """Everything needed to assemble the frame of one LiDAR reference message (a Message or its
         sample_data token) without the devkit: which files, their timestamps, their sensor -> reference
         ego transforms, camera intrinsics, ego pose and velocity, and the ground truth in the ego frame.
-        Plans are small and picklable: the training dataset caches them on disk."""
+        Plans are small and picklable: the training dataset caches them on disk.
+
+        selection: the messages chosen for ``ref`` when already made (the streaming synchronizer's,
+        perception.sync.streaming); None selects them here with ``self.sync.select(ref)``."""
         from ..data.convert import gt_boxes_global
 
         if isinstance(ref, str):
             ref = next(m for m in self.index.channels[LIDAR_CHANNEL].messages if m.token == ref)
-        sel = self.sync.select(ref)
+        sel = self.sync.select(ref) if selection is None else selection
         t_ref = ref.timestamp
         times = sorted({m.timestamp for ch in sel.choices.values() for m in ch.messages} | {t_ref})
         pose_at = dict(zip(times, self.poses.transforms(np.array(times, np.int64))))
