@@ -288,6 +288,120 @@ class ModelConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training augmentation (perception.engine.augment), drawn per sample from (seed, epoch, index).
+
+    Global (one 4 x 4 transform G per sample, applied to LiDAR and radar points, radar and box
+    velocities, boxes, the ego velocity and every camera's T_ego_from_cam, so images stay untouched):
+    rot_range: (min, max) rotation about the ego z axis, radians
+    scale_range: (min, max) uniform scale of the world; velocities scale with it (a world scaled by s
+        moving in the same time moves s times as fast)
+    flip_prob: probability of each of the two mirror flips (y -> -y, x -> -x), drawn independently
+    translate_std: standard deviation of a global translation per axis (x, y, z), metres
+    Per camera (the image augmentation matrix, original pixel -> network pixel):
+    image_scale_jitter: (min, max) factor on the resize that fits the image width to the network input
+    image_crop_jitter: (min, max) of the vertical crop position (0 bottom, 1 top of the margin)
+    image_flip_prob: probability of a horizontal flip of each image
+    """
+
+    enabled: bool = True
+    rot_range: List[float] = field(default_factory=lambda: [-0.3927, 0.3927])
+    scale_range: List[float] = field(default_factory=lambda: [0.95, 1.05])
+    flip_prob: float = 0.5
+    translate_std: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    image_scale_jitter: List[float] = field(default_factory=lambda: [0.94, 1.11])
+    image_crop_jitter: List[float] = field(default_factory=lambda: [0.0, 1.0])
+    image_flip_prob: float = 0.5
+
+    def validate(self, where: str) -> None:
+        for name in ("rot_range", "scale_range", "image_scale_jitter", "image_crop_jitter"):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+                raise ConfigError(f"{where}: train.augment.{name} must be (min, max) with min <= max, got {lo_hi}")
+        if self.scale_range[0] <= 0 or self.image_scale_jitter[0] <= 0:
+            raise ConfigError(f"{where}: train.augment.scale_range and image_scale_jitter must be > 0")
+        if not (0.0 <= self.image_crop_jitter[0] and self.image_crop_jitter[1] <= 1.0):
+            raise ConfigError(f"{where}: train.augment.image_crop_jitter must lie in [0, 1]")
+        for name in ("flip_prob", "image_flip_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{where}: train.augment.{name} must be a probability in [0, 1]")
+        if len(self.translate_std) != 3 or min(self.translate_std) < 0:
+            raise ConfigError(f"{where}: train.augment.translate_std needs 3 numbers >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """The training engine (perception.engine.trainer).
+
+    split / val_split: devkit split names (nuscenes.utils.splits.create_splits_scenes())
+    batch_size: samples per process and step (the global batch is batch_size x processes)
+    num_workers: DataLoader worker processes per training process (0: load in the main process)
+    epochs / max_steps: length of the run; max_steps > 0 overrides epochs (optimizer steps)
+    optimizer: 'adamw' or 'sgd' (momentum 0.9); lr: peak learning rate; weight_decay: decoupled
+        (AdamW) or L2 (SGD), applied to weights only, not to norms and biases
+    schedule: 'onecycle' (pct_start of the run warming up), 'cosine' (linear warmup over
+        warmup_steps, then cosine to lr * min_lr_ratio) or 'constant'
+    grad_clip: max global gradient norm (0: off)
+    amp: 'none', 'bf16' (CPU or GPU autocast) or 'fp16' (GPU only, with a GradScaler)
+    seed: model init, sampler order, augmentation and every other random draw derive from it
+    deterministic: deterministic algorithms and kernels (bitwise reproducible runs on CPU)
+    checkpoint_every / keep_last: checkpoint every N optimizer steps (and at the end); keep the K newest
+    log_every: JSON-lines and TensorBoard records every N steps
+    loss_reduction: 'sample' (the mean of per-sample losses: the gradient does not depend on how the
+        global batch is split over processes) or 'batch' (the model's loss over each process's batch)
+    find_unused_parameters: DDP option; needed when a step may leave a parameter out of the graph
+    sync_bn: under DDP, batch norm statistics over the global batch (SyncBatchNorm on GPU, an
+        all-reduce batch norm on CPU)
+    cache_dir: where the per-sample index is cached ('' : ``cache/`` beside the work dir)
+    """
+
+    split: str = "train"
+    val_split: str = "val"
+    batch_size: int = 2
+    num_workers: int = 2
+    epochs: int = 20
+    max_steps: int = 0
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    schedule: str = "onecycle"
+    pct_start: float = 0.3
+    warmup_steps: int = 0
+    min_lr_ratio: float = 1e-3
+    grad_clip: float = 35.0
+    amp: str = "none"
+    seed: int = 0
+    deterministic: bool = False
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    log_every: int = 10
+    loss_reduction: str = "sample"
+    find_unused_parameters: bool = True
+    sync_bn: bool = True
+    cache_dir: str = ""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def validate(self, where: str) -> None:
+        choices = {"optimizer": ("adamw", "sgd"), "schedule": ("onecycle", "cosine", "constant"),
+                   "amp": ("none", "bf16", "fp16"), "loss_reduction": ("sample", "batch")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{where}: train.{name} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r}")
+        for name in ("batch_size", "epochs", "checkpoint_every", "keep_last", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}: train.{name} must be >= 1")
+        for name in ("num_workers", "max_steps", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{where}: train.{name} must be >= 0")
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError(f"{where}: train.lr must be > 0, train.weight_decay and train.grad_clip >= 0")
+        if not 0.0 < self.pct_start < 1.0:
+            raise ConfigError(f"{where}: train.pct_start must be in (0, 1)")
+        self.augment.validate(where)
+
+
+@dataclass
 class Config:
     """The whole configuration; ``source`` is the file it was loaded from."""
 
@@ -296,10 +410,11 @@ class Config:
     sync: SyncConfig = field(default_factory=SyncConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     source: str = "<defaults>"
 
     def validate(self) -> "Config":
-        for section in (self.grid, self.sync, self.data, self.model):
+        for section in (self.grid, self.sync, self.data, self.model, self.train):
             section.validate(self.source)
         nx, ny, _ = self.grid.grid_size
         if nx % self.model.bev_stride or ny % self.model.bev_stride:
@@ -346,6 +461,12 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads 1e-3 (no dot) as a string; a number is what anyone writing it meant
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
         return float(value)

@@ -75,3 +75,11 @@ def test_missing_file_and_bad_yaml(tmp_path):
     path = write(tmp_path, "broken.yaml", "sync: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+
+
+def test_float_written_without_a_dot_is_a_number():
+    cfg = load_config(None, ["grid.voxel_size=[2e-1, 2e-1, 8]"])
+    assert cfg.grid.voxel_size == [0.2, 0.2, 8.0]
+    from perception.config import ConfigError as CE
+    with pytest.raises(CE, match="must be a number"):
+        load_config(None, ["sync.lidar_cut_azimuth_deg=north"])

@@ -64,7 +64,11 @@ def warp_image(image: np.ndarray, A: np.ndarray, out_hw: Sequence[int]) -> np.nd
     import cv2
 
     H, W = out_hw
-    out = cv2.warpAffine(image, A[:2].astype(np.float64), (W, H), flags=cv2.INTER_LINEAR,
+    # A works on continuous coordinates (pixel i spans [i, i + 1), centre i + 0.5); OpenCV puts
+    # pixel centres on integers: conjugate by the half-pixel shift so a flip lands on the same pixels
+    half = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+    A_cv = np.linalg.inv(half) @ A @ half
+    out = cv2.warpAffine(image, A_cv[:2].astype(np.float64), (W, H), flags=cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return out.astype(np.float32).transpose(2, 0, 1) / 255.0
 
