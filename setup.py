@@ -20,6 +20,8 @@ setup(
         "pyyaml>=6",
         "Pillow>=9",
         "tqdm>=4.60",
+        # TrainingLogger: scalars of every loss term, learning rate and throughput.
+        "tensorboard>=2.14",
         "open3d>=0.17",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2"]},

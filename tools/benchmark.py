@@ -3,6 +3,7 @@
 
     python tools/benchmark.py data [--dataroot DIR --version V] [--frames N] [--json OUT]
     python tools/benchmark.py ops [--json OUT]
+    python tools/benchmark.py train --config C [--dataroot DIR --version V] [--json OUT]
     python tools/benchmark.py model --config C [--frames N] [--threads T] [--json OUT]
 
 data: frames per second of building synchronized frames (10 LiDAR sweeps, 6 sweeps per radar) on
@@ -204,8 +205,19 @@ def main(argv=None) -> int:
     m.add_argument("--frames", type=int, default=12)
     m.add_argument("--threads", type=int, default=2)
     m.add_argument("--json")
+    t = sub.add_parser("train", help="loader alone, training step alone, both together (samples/s), peak RSS")
+    t.add_argument("--config", required=True)
+    t.add_argument("--set", action="append", default=[])
+    t.add_argument("--dataroot", help="default: a generated synthetic root")
+    t.add_argument("--version", default="v1.0-trainval")
+    t.add_argument("--json")
     args = ap.parse_args(argv)
-    if args.what == "data":
+    if args.what == "train":
+        set_threads(os.cpu_count() or 1)  # the trainer uses the machine; its loader workers take one each
+        from perception.engine.benchmark import run_train_benchmark
+
+        res = run_train_benchmark(args.config, None, args.dataroot, args.version, args.set)
+    elif args.what == "data":
         set_threads(1)  # the data path runs inside loader workers, one process (one core) each
         res = bench_data(args)
     elif args.what == "model":

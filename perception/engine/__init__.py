@@ -1,0 +1,1 @@
+"""Training engine: cached data index, augmentation, the training loop (AMP, DDP), checkpoints."""

@@ -1,0 +1,274 @@
+"""Training data: the cached per-sample index, the Dataset, the resumable distributed sampler and
+collation.
+
+Index: one ``FramePlan`` per annotated keyframe of the split's scenes (``FrameBuilder.plan``: which
+sweep files, their sensor -> reference-ego transforms, calibration, pose, ground truth). Building it
+needs the devkit once; the plans are pickled into ``<cache_dir>/index_<split>_<key>.pkl`` where the
+key hashes the absolute root, the version, the split, the config's ``grid``/``sync``/``data``
+sections and the size and mtime of ``sample_data.json``: a changed root or config builds a new
+index, nothing else ever does. Loader workers only call ``assemble_frame(plan)`` (no devkit, no
+tables in the workers' memory).
+
+Splits: ``nuscenes.utils.splits.create_splits_scenes()``; the samples are the scenes of the split
+that the root holds (the shared real root has two val scenes; synthetic roots use official names).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import tempfile
+from collections import Counter
+from dataclasses import asdict
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..data.batch import Sample, collate, frame_to_sample
+from ..structures import Batch
+from .augment import augment_frame, sample_rng
+
+log = logging.getLogger(__name__)
+
+INDEX_FORMAT = 1  # bump when FramePlan's layout changes: old caches are then rebuilt
+
+
+class DataError(RuntimeError):
+    """The data root, version or split cannot be used; the message says why in one line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-sample index
+# ---------------------------------------------------------------------------------------------
+def split_scene_names(split: str) -> List[str]:
+    """Scene names of a devkit split ('train', 'val', 'mini_train', ...)."""
+    from nuscenes.utils.splits import create_splits_scenes
+
+    splits = create_splits_scenes()
+    if split not in splits:
+        raise DataError(f"unknown split {split!r} (devkit splits: {', '.join(sorted(splits))})")
+    return list(splits[split])
+
+
+def index_key(dataroot: str, version: str, split: str, cfg: Config) -> str:
+    """The cache key of an index (see module doc)."""
+    root = os.path.abspath(dataroot)
+    table = os.path.join(root, version, "sample_data.json")
+    st = os.stat(table) if os.path.isfile(table) else None
+    blob = json.dumps({"format": INDEX_FORMAT, "root": root, "version": version, "split": split,
+                       "grid": asdict(cfg.grid), "sync": asdict(cfg.sync), "data": asdict(cfg.data),
+                       "sample_data": [st.st_size, st.st_mtime_ns] if st else None}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write a file so a reader sees either nothing or the whole file (temporary file + rename)."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def build_index(dataroot: str, version: str, split: str, cfg: Config, cache_dir: Optional[str] = None,
+                source=None) -> List:
+    """FramePlans of every keyframe of the split's scenes present in the root (cached, see module doc).
+
+    cache_dir: None builds without caching. source: an open NuScenesSource to reuse (tests).
+    Raises DataError for a bad root, version or split, or a split with no scene in the root.
+    """
+    from ..data.nuscenes_source import DataRootError, NuScenesSource
+    from ..sync.synchronizer import FrameBuilder
+
+    if not os.path.isdir(dataroot):
+        raise DataError(f"{dataroot}: data root not found")
+    path = None
+    if cache_dir:
+        path = os.path.join(cache_dir, f"index_{split}_{index_key(dataroot, version, split, cfg)}.pkl")
+        if os.path.isfile(path):
+            try:
+                with open(path, "rb") as f:
+                    obj = pickle.load(f)
+                if obj.get("format") == INDEX_FORMAT:
+                    log.info("index of %s/%s split %s: %d samples from cache %s", dataroot, version, split,
+                             len(obj["plans"]), path)
+                    return obj["plans"]
+            except Exception as e:  # a damaged cache is rebuilt, never fatal
+                log.warning("index cache %s unreadable (%s); rebuilding", path, e)
+    wanted = split_scene_names(split)  # after the cache: the devkit import costs a second
+    try:
+        if source is None:
+            source = NuScenesSource(os.path.abspath(dataroot), version,
+                                    radar_default_filters=cfg.sync.radar_default_filters,
+                                    max_pose_extrapolation_us=cfg.sync.max_pose_extrapolation_us)
+    except DataRootError as e:
+        raise DataError(str(e)) from None
+    present = set(source.scene_names())
+    scenes = [s for s in wanted if s in present]
+    if not scenes:
+        raise DataError(f"{dataroot}: no scene of split {split!r} in this root "
+                        f"(scenes here: {', '.join(sorted(present)[:8])}{'...' if len(present) > 8 else ''})")
+    plans = []
+    for name in scenes:
+        fb = FrameBuilder(source, name, cfg)
+        for ref in fb.keyframe_references:
+            plans.append(fb.plan(ref, with_gt=True))
+    log.info("index of %s/%s split %s: %d samples from %d scenes", dataroot, version, split, len(plans), len(scenes))
+    if path:
+        atomic_write_bytes(path, pickle.dumps({"format": INDEX_FORMAT, "scenes": scenes, "plans": plans},
+                                              protocol=pickle.HIGHEST_PROTOCOL))
+    return plans
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset
+# ---------------------------------------------------------------------------------------------
+class TrainDataset(torch.utils.data.Dataset):
+    """Samples of an index, augmented as a function of (seed, epoch, index).
+
+    Items are addressed by ``(epoch, index)`` keys (what ``ResumableSampler`` yields), so persistent
+    workers need no epoch state and a sample's augmentation is the same in any worker and after a
+    resume. A sample that fails to load (an exception beyond the per-file handling of
+    ``assemble_frame``, which already marks a sensor with a corrupt or missing file absent) is
+    logged and replaced by the next sample of the index, so every batch keeps its size and every
+    process of a distributed run keeps stepping together.
+    """
+
+    def __init__(self, plans: Sequence, cfg: Config, augment: bool = True, seed: int = 0, max_retries: int = 8):
+        self.plans = list(plans)
+        self.cfg = cfg
+        self.augment = augment and cfg.train.augment.enabled
+        self.seed = seed
+        self.max_retries = max_retries
+        m = cfg.model
+        self.drop = [name for name, used in (("lidar", m.use_lidar), ("camera", m.use_camera),
+                                             ("radar", m.use_radar)) if not used]
+        self.load_images = cfg.sync.load_images and m.use_camera
+        self.missing: Counter = Counter()  # per channel unreadable files (per process)
+        self.failed = 0
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    def load(self, epoch: int, index: int) -> Sample:
+        """One sample (raises on failure; ``__getitem__`` handles that)."""
+        from ..sync.synchronizer import assemble_frame
+
+        frame = assemble_frame(self.plans[index], drop=self.drop, load_images=self.load_images,
+                               missing=self.missing)
+        img_aug = None
+        if self.augment:
+            rng = sample_rng(self.seed, epoch, index)
+            frame, _, img_aug = augment_frame(frame, rng, self.cfg.train.augment, self.cfg.data.cameras,
+                                              self.cfg.model.camera.image_size)
+        return frame_to_sample(frame, self.cfg, image_aug=img_aug)
+
+    def __getitem__(self, key) -> Sample:
+        epoch, index = key if isinstance(key, tuple) else (0, int(key))
+        for attempt in range(self.max_retries + 1):
+            i = (index + attempt) % len(self.plans)
+            try:
+                return self.load(epoch, i)
+            except Exception as e:  # corrupt data must not end the epoch
+                self.failed += 1
+                plan = self.plans[i]
+                log.warning("sample %d (sample %s) failed to load (%s: %s); skipped, using sample %d instead",
+                            i, getattr(plan, "sample_token", "?"), e.__class__.__name__, e,
+                            (i + 1) % len(self.plans))
+        raise DataError(f"{self.max_retries + 1} consecutive samples from index {index} failed to load")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampler
+# ---------------------------------------------------------------------------------------------
+class ResumableSampler(torch.utils.data.Sampler):
+    """Deterministic, rank-sliced, resumable order of ``(epoch, index)`` keys.
+
+    The epoch's order is a permutation drawn from (seed, epoch) alone, padded by wrapping around to
+    a whole number of global batches (batch_size x world_size). Step s of the epoch uses the global
+    batch ``order[s * G:(s + 1) * G]`` and process r takes its r-th contiguous slice of batch_size:
+    the union over processes of a step's samples does not depend on the number of processes, which
+    is what makes a G-process run match a 1-process run with the same global batch.
+    ``set_epoch(epoch, start_step)`` skips the steps of the epoch already done (resume).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
+                 shuffle: bool = True):
+        if num_samples < 1:
+            raise DataError("the index holds no sample")
+        self.n, self.batch_size, self.world_size, self.rank = num_samples, batch_size, world_size, rank
+        self.seed, self.shuffle = seed, shuffle
+        self.global_batch = batch_size * world_size
+        self.steps_per_epoch = -(-num_samples // self.global_batch)
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = int(epoch), int(start_step)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """int64[steps_per_epoch * global_batch] sample indices of the whole epoch (all processes)."""
+        order = (np.random.default_rng([int(self.seed) & 0xFFFFFFFF, int(epoch), 0x5A3]).permutation(self.n)
+                 if self.shuffle else np.arange(self.n))
+        total = self.steps_per_epoch * self.global_batch
+        return np.resize(order, total)  # wraps around
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        order = self.epoch_order(self.epoch)
+        for s in range(self.start_step, self.steps_per_epoch):
+            lo = s * self.global_batch + self.rank * self.batch_size
+            for i in order[lo:lo + self.batch_size]:
+                yield (self.epoch, int(i))
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self.start_step) * self.batch_size
+
+
+# ---------------------------------------------------------------------------------------------
+# Collation
+# ---------------------------------------------------------------------------------------------
+class LoadedBatch:
+    """A collated Batch that the DataLoader's pin-memory thread can pin (it calls ``pin_memory()``)."""
+
+    def __init__(self, batch: Batch):
+        self.batch = batch
+
+    def pin_memory(self) -> "LoadedBatch":
+        b = self.batch
+
+        def pin(x):
+            if x is None:
+                return None
+            if isinstance(x, list):
+                return [t.pin_memory() for t in x]
+            return x.pin_memory()
+
+        return LoadedBatch(Batch(pin(b.lidar_points), pin(b.radar_points), pin(b.images), pin(b.intrinsics),
+                                 pin(b.img_aug), pin(b.T_ego_from_cam), pin(b.camera_mask), pin(b.modality_mask),
+                                 pin(b.ego_velocity), pin(b.gt_boxes), pin(b.gt_labels), pin(b.gt_attributes),
+                                 b.sample_tokens, b.timestamps, b.T_global_from_ego))
+
+
+def collate_samples(samples: List[Sample]) -> LoadedBatch:
+    return LoadedBatch(collate(samples))
+
+
+def worker_init(worker_id: int) -> None:
+    """One intra-op thread per loader worker (the workers are the data path's parallelism); SIGTERM
+    ignored, so a scheduler that signals the whole process group lets the trainer write its
+    checkpoint and shut the workers down (they also exit when the trainer dies)."""
+    import signal
+
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
