@@ -196,6 +196,16 @@ def main(argv=None) -> int:
     d.add_argument("--json")
     o = sub.add_parser("ops", help="voxelization, BEV pooling and NMS kernels")
     o.add_argument("--json")
+    q = sub.add_parser("quality", help="train fusion / LiDAR-only / camera-only tiny models with one budget, "
+                                         "evaluate, check the quality bar")
+    q.add_argument("--synthetic", default="work/data/synthetic", help="synthetic root (generated if absent)")
+    q.add_argument("--real", default=REAL_ROOT)
+    q.add_argument("--work", default="work/quality")
+    q.add_argument("--steps", type=int, default=300, help="optimizer steps per model (batch train.batch_size)")
+    q.add_argument("--real-steps", type=int, default=300)
+    q.add_argument("--skip-real", action="store_true")
+    q.add_argument("--json")
+    q.add_argument("--md")
     m = sub.add_parser("model", help="detector parameters, per-stage latency, frames/s, memory")
     m.add_argument("--config", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
                                                     "fusion_tiny.yaml"))
@@ -220,6 +230,19 @@ def main(argv=None) -> int:
     elif args.what == "data":
         set_threads(1)  # the data path runs inside loader workers, one process (one core) each
         res = bench_data(args)
+    elif args.what == "quality":
+        from perception.eval.quality import run_quality
+
+        if not os.path.isfile(os.path.join(args.synthetic, ".complete")):
+            import subprocess
+
+            subprocess.check_call([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                "make_synthetic.py"), "--out", args.synthetic,
+                                   "--preset", "default", "--seed", "0"])
+            open(os.path.join(args.synthetic, ".complete"), "w").close()
+        res = run_quality(args.synthetic, args.real, args.work, args.steps, args.real_steps,
+                          args.json or os.path.join(args.work, "quality.json"),
+                          args.md or os.path.join(args.work, "quality.md"), args.skip_real)
     elif args.what == "model":
         set_threads(args.threads)
         res = bench_model(args)
