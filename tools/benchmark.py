@@ -252,10 +252,9 @@ def main(argv=None) -> int:
 
         res = run_ops_benchmark(None)
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(res, f, indent=1)
-        os.replace(tmp, args.json)
+        from perception.fileio import write_json_atomic
+
+        write_json_atomic(res, args.json, indent=1, strict=False)
     return 0
 
 

@@ -53,11 +53,9 @@ def main(argv=None) -> int:
     for p in report["problems"]:
         print(f"PROBLEM {p['kind']}: {p['line']}")
     if args.json:
-        tmp = args.json + ".tmp"
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=1, sort_keys=True)
-        os.replace(tmp, args.json)  # atomic: a reader never sees half a report
+        from perception.fileio import write_text_atomic
+
+        write_text_atomic(json.dumps(report, indent=1, sort_keys=True), args.json)
     n = len(report["problems"])
     print(f"doctor: {n} problem{'s' if n != 1 else ''} in {len(report['scenes'])} scene(s)"
           + (f"; report in {args.json}" if args.json else ""))

@@ -196,7 +196,7 @@ def run_train_benchmark(cfg_path: str, json_out: Optional[str] = None, dataroot:
           f"({res['loader_over_step']}x); peak RSS < 8 GB: {'met' if res['target_rss_under_8gb'] else 'NOT met'}")
     tmp.cleanup()
     if json_out:
-        from .dataset import atomic_write_bytes
+        from ..fileio import atomic_write_bytes
 
         atomic_write_bytes(json_out, json.dumps(res, indent=1).encode())
     return res

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 from collections import Counter
 from dataclasses import asdict
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from ..config import Config
+from ..fileio import atomic_write_bytes
 from ..data.batch import Sample, collate, frame_to_sample
 from ..structures import Batch
 from .augment import augment_frame, sample_rng
@@ -63,23 +63,6 @@ def index_key(dataroot: str, version: str, split: str, cfg: Config) -> str:
                        "grid": asdict(cfg.grid), "sync": asdict(cfg.sync), "data": asdict(cfg.data),
                        "sample_data": [st.st_size, st.st_mtime_ns] if st else None}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write a file so a reader sees either nothing or the whole file (temporary file + rename)."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def build_index(dataroot: str, version: str, split: str, cfg: Config, cache_dir: Optional[str] = None,

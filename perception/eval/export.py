@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 
 from ..data.convert import box_row_to_nuscenes
 from ..structures import ATTRIBUTES, CLASSES, DEFAULT_ATTRIBUTE, NO_ATTRIBUTE, Detections
+from ..fileio import write_json_atomic, write_text_atomic  # noqa: F401  (re-exported)
 
 MAX_BOXES_PER_SAMPLE = 500
 
@@ -123,29 +123,6 @@ def submission(results: Mapping[str, List[dict]], meta: Mapping[str, bool]) -> d
     if missing:
         raise ExportError(f"submission meta lacks {sorted(missing)}")
     return {"meta": dict(meta), "results": dict(results)}
-
-
-def write_text_atomic(text: str, path: str) -> str:
-    """Write a text file through a temporary file and ``os.replace``: a reader never sees half a
-    file, and a failed write leaves the previous file in place."""
-    path = os.path.abspath(path)
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_json_atomic(obj, path: str, indent: Optional[int] = None) -> str:
-    """Write strict JSON (NaN or Infinity are a ValueError, not a non-standard token) atomically."""
-    return write_text_atomic(json.dumps(obj, indent=indent, allow_nan=False), path)
 
 
 def write_results(path: str, detections_by_sample: Mapping[str, Detections],

@@ -21,6 +21,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+from ..fileio import write_text_atomic
+
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOLS = os.path.join(PROJECT, "tools")
 CONFIGS = os.path.join(PROJECT, "configs")
@@ -126,8 +128,5 @@ def run_quality(synthetic_root: str, real_root: str, work: str, steps: int, real
     print(table)
     for path, text in ((json_out, json.dumps(results, indent=1)), (md_out, table + "\n")):
         if path:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            with open(path + ".tmp", "w") as f:
-                f.write(text)
-            os.replace(path + ".tmp", path)
+            write_text_atomic(text, path)
     return results
