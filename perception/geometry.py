@@ -19,14 +19,6 @@ def make_transform(translation: Sequence[float], rotation_wxyz: Sequence[float])
     return T
 
 
-def transform_from_rotation(R: np.ndarray, t: Sequence[float]) -> np.ndarray:
-    """float64[4, 4] from a rotation matrix float64[3, 3] and a translation float64[3] (m)."""
-    T = np.eye(4)
-    T[:3, :3] = R
-    T[:3, 3] = t
-    return T
-
-
 def invert(T: np.ndarray) -> np.ndarray:
     """Inverse of a rigid transform float64[4, 4] (exact for rotation + translation)."""
     R, t = T[:3, :3], T[:3, 3]
@@ -45,11 +37,6 @@ def apply(T: np.ndarray, xyz: np.ndarray) -> np.ndarray:
 def rotate(T: np.ndarray, vec: np.ndarray) -> np.ndarray:
     """Free vectors vec: [N, 3] (velocities) rotated by T's rotation, no translation."""
     return vec @ T[:3, :3].T.astype(vec.dtype)
-
-
-def yaw_of(T: np.ndarray) -> float:
-    """Heading (rad, from +x towards +y) of a transform's x axis."""
-    return float(np.arctan2(T[1, 0], T[0, 0]))
 
 
 def quaternion_from_yaw(yaw: float) -> Quaternion:
