@@ -7,18 +7,20 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Optional
+from typing import BinaryIO, Callable, Optional
 
 
-def atomic_write_bytes(path: str, data: bytes) -> str:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync, then rename."""
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> str:
+    """Call ``write(f)`` on a temporary file beside ``path`` (named ``.<name>.<random>.tmp``), fsync,
+    then rename it over ``path``; on any failure the temporary file is removed and ``path`` is
+    untouched."""
     path = os.path.abspath(path)
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -27,6 +29,10 @@ def atomic_write_bytes(path: str, data: bytes) -> str:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write_bytes(path: str, data: bytes) -> str:
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def write_text_atomic(text: str, path: str) -> str:

@@ -25,6 +25,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..fileio import atomic_write
+
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
@@ -71,18 +73,7 @@ def save_checkpoint(state: Dict[str, Any], ckpt_dir: str, step: int, keep_last: 
             os.unlink(stale)
         except OSError:
             pass
-    final = os.path.join(ckpt_dir, f"ckpt_{step:08d}.pt")
-    tmp = os.path.join(ckpt_dir, f".ckpt_{step:08d}.pt.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    final = atomic_write(os.path.join(ckpt_dir, f"ckpt_{step:08d}.pt"), lambda f: torch.save(state, f))
     _fsync_dir(ckpt_dir)
     for _, old in list_checkpoints(ckpt_dir)[:-keep_last]:
         try:
