@@ -380,10 +380,14 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(roo
             torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-5, msg=lambda m: f"{k}: {m}")
         else:
             # Float noise: summation order differs between 1 and 2 processes, and the PFN's max over a
-            # pillar's points can switch on a 1e-7 difference, so single weights drift by up to ~1e-4
-            # over the run (seen: 4e-7 to 1.4e-4 depending on the image content). Per-process batch
-            # norm statistics are off by ~8e-2, far outside this.
-            torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=5e-4, msg=lambda m: f"{k}: {m}")
+            # pillar's points can switch on a 1e-7 difference, so single weights drift (seen: 4e-7 to
+            # 6.4e-4 = 3.2% of that tensor's largest update, on the PFN weight of the raw x coordinate:
+            # its gradient sums tens of thousands of coordinate-sized terms that batch norm makes cancel).
+            # The tolerance is therefore relative to how far the tensor moved: 5% of its largest update.
+            # Per-process batch norm changes the gradients themselves and misses by the update's size.
+            step_k = float((a[k].double() - init[k].double()).abs().max())
+            torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=max(5e-4, 0.05 * step_k),
+                                       msg=lambda m: f"{k} (moved {step_k:.2e}): {m}")
     # the per-step losses agree as well
     la = [r["loss"]["total"] for r in records(one) if "loss" in r]
     lb = [r["loss"]["total"] for r in recs if "loss" in r]

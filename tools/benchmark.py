@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     q.add_argument("--real", default=REAL_ROOT)
     q.add_argument("--work", default="work/quality")
     q.add_argument("--steps", type=int, default=300, help="optimizer steps per model (batch train.batch_size)")
-    q.add_argument("--real-steps", type=int, default=300)
+    q.add_argument("--real-steps", type=int, default=2400)
     q.add_argument("--skip-real", action="store_true")
     q.add_argument("--json")
     q.add_argument("--md")

@@ -22,6 +22,7 @@ from typing import Any, List
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -102,10 +103,17 @@ class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
         C = x.shape[1]
         dims = [d for d in range(x.dim()) if d != 1]
         xf = x.float()
-        count = torch.full((1,), float(x.numel() // max(C, 1)), dtype=torch.float32, device=x.device)
-        stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])
+        # float64 sums: var = E[x^2] - mean^2 cancels catastrophically in float32 for point features
+        # with a large mean (coordinates of tens of metres), which cuDNN's/ATen's Welford update avoids
+        xd = x.double()
+        count = torch.full((1,), float(x.numel() // max(C, 1)), dtype=torch.float64, device=x.device)
+        stats = torch.cat([xd.sum(dims), (xd * xd).sum(dims), count])
         stats = all_reduce(stats, op=dist.ReduceOp.SUM)
         n = stats[-1]
+        if float(n) < 2:
+            # no statistics from fewer than 2 values in the whole group (a sensor absent on every
+            # rank): normalize with the running ones, as PointBatchNorm does in one process
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         mean = stats[:C] / n
         var = (stats[C:2 * C] / n - mean * mean).clamp(min=0.0)
         if self.track_running_stats and self.running_mean is not None:
@@ -116,6 +124,7 @@ class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
                 self.running_mean.mul_(1 - momentum).add_(mean.detach().to(self.running_mean.dtype), alpha=momentum)
                 self.running_var.mul_(1 - momentum).add_(unbiased.detach().to(self.running_var.dtype), alpha=momentum)
         shape = [1, C] + [1] * (x.dim() - 2)
+        mean, var = mean.float(), var.float()
         y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)

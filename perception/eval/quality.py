@@ -7,7 +7,8 @@ every model, trained and evaluated with the project's own tools, and the product
 2. Robustness: fusion with all cameras dropped keeps >= 90% of the LiDAR-only model's NDS; fusion
    with the LiDAR dropped keeps >= 80% of the camera-only model's mAP.
 3. Real data: fusion_tiny trained on the real keyframes of ``../shared/data/nuscenes-real`` and
-   evaluated on them reaches car AP >= 0.5 (a check of every convention on real nuScenes).
+   evaluated on them reaches car AP >= 0.5 (a check of every convention on real nuScenes). This is a
+   fit of the very frames it is scored on, so it trains without augmentation or modality dropout.
 
 Each run is a ``tools/train.py`` / ``tools/eval.py`` subprocess (what a user would run); a finished
 training or evaluation is reused when the script runs again with the same budget.
@@ -22,6 +23,10 @@ import time
 from typing import Dict, List, Optional
 
 from ..fileio import write_text_atomic
+
+# the real-data fit: augmentation and modality dropout off (see run_quality)
+REAL_FIT_OVERRIDES = ["train.augment.enabled=false", "model.fusion.dropout_lidar=0", "model.fusion.dropout_camera=0",
+                      "model.fusion.dropout_radar=0", "train.checkpoint_every=400"]
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOLS = os.path.join(PROJECT, "tools")
@@ -107,7 +112,10 @@ def run_quality(synthetic_root: str, real_root: str, work: str, steps: int, real
     }
     if not skip_real:
         print(f"[quality] real data: train fusion on the real keyframes ({real_steps} steps)", flush=True)
-        real_over = ["train.seed=0", "train.split=val", "train.val_split=val"]
+        # A fit of the 81 keyframes it is evaluated on, so no augmentation and no modality dropout:
+        # the check is whether every convention (frames, boxes, export, metrics) holds on real data,
+        # which a model can only show by reproducing the boxes it was shown.
+        real_over = ["train.seed=0", "train.split=val", "train.val_split=val", *REAL_FIT_OVERRIDES]
         ck = train_once(os.path.join(CONFIGS, "fusion_tiny.yaml"), real_root, os.path.join(work, "real_fusion"),
                         real_steps, real_over)
         summary = evaluate_once(os.path.join(CONFIGS, "fusion_tiny.yaml"), ck, real_root,

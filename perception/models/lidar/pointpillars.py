@@ -9,18 +9,33 @@ from __future__ import annotations
 from typing import List, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...ops.voxelize import hard_voxelize, scatter_pillars
 from ..common import conv_norm_act, bev_norm
 
 
+class PointBatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d over points float[N, C] that uses its running statistics when a training batch
+    holds fewer than 2 points (an absent sensor): batch statistics of 0 or 1 values do not exist."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] < 2:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
 class PillarFeatureNet(nn.Module):
     """Points of each pillar -> one feature vector per pillar.
 
     Every point's raw features are augmented with its offset to the mean of its pillar's points
-    (x, y, z) and to the pillar's centre (x, y, z), then a shared per-point MLP (Linear, LayerNorm,
+    (x, y, z) and to the pillar's centre (x, y, z), then a shared per-point MLP (Linear, BatchNorm,
     ReLU) and a max over the pillar's points, as PointPillars does.
+
+    The MLP runs on the valid points only, so the batch statistics are those of real points, not of
+    the zero padding. BatchNorm, not LayerNorm: a LayerNorm over one point's channels divides out the
+    scale of ``W v`` and with it the point's magnitude (range, height), which the pillar features need.
 
     in_channels: raw feature columns per point (x, y, z first)
     channels: widths of the per-point layers; the last is the output width
@@ -34,7 +49,7 @@ class PillarFeatureNet(nn.Module):
         cin = in_channels + 6
         for i, cout in enumerate(channels):
             layers.append(nn.Linear(cin, cout, bias=False))
-            layers.append(nn.LayerNorm(cout))
+            layers.append(PointBatchNorm(cout))
             layers.append(nn.ReLU(inplace=True))
             cin = cout
         self.mlp = nn.Sequential(*layers)
@@ -53,11 +68,13 @@ class PillarFeatureNet(nn.Module):
         xyz = voxels[..., :3]
         mean = (xyz * valid).sum(1, keepdim=True) / num_points.clamp(min=1).view(M, 1, 1).to(xyz.dtype)
         centre = (coords[:, [3, 2, 1]].to(xyz.dtype) + 0.5) * self.voxel_size + self.range_min  # (x, y, z)
-        feats = torch.cat([voxels, xyz - mean, xyz - centre[:, None, :]], dim=-1) * valid
-        x = self.mlp(feats)
-        # padding rows must not win the max: push them below any real feature (ReLU output >= 0)
-        x = x.masked_fill(~valid, -1.0)
-        return x.max(dim=1).values.clamp(min=0.0)
+        feats = torch.cat([voxels, xyz - mean, xyz - centre[:, None, :]], dim=-1)
+        keep = valid[..., 0]  # [M, P]
+        x = self.mlp(feats[keep])  # [n_valid, out_channels], >= 0 after the ReLU
+        # padding rows must not win the max: they hold -1, below any real feature
+        out = x.new_full((M, P, x.shape[1]), -1.0)
+        out[keep] = x
+        return out.max(dim=1).values.clamp(min=0.0)
 
 
 def voxelize_batch(points: List[torch.Tensor], voxel_size: Sequence[float], point_cloud_range: Sequence[float],
