@@ -247,3 +247,55 @@ def test_overfit_one_real_frame_recovers_cars(real_source):
     car_det = det.boxes[(det.labels == 0) & (det.scores > 0.3)]
     errors = [np.min(np.linalg.norm(car_det[:, :2] - c[:2], axis=1)) if len(car_det) else np.inf for c in cars]
     assert np.mean(np.array(errors) < 0.5) >= 0.7, errors
+
+
+def test_pillar_features_ignore_padding_and_keep_scale():
+    """The PFN normalizes over the valid points only: garbage in the padding rows changes nothing,
+    not even the batch statistics. And the same pillar shape at 10 m and at 40 m gives different
+    features (the absolute position is an input)."""
+    from perception.models.lidar.pointpillars import PillarFeatureNet
+
+    torch.manual_seed(0)
+    pfn = PillarFeatureNet(5, [16], [0.4, 0.4, 8.0], [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0]).train()
+    M, P = 50, 8
+    nums = torch.randint(1, P + 1, (M,))
+    coords = torch.zeros(M, 4, dtype=torch.long)
+    coords[:, 3] = torch.randint(0, 256, (M,))
+    coords[:, 2] = torch.randint(0, 256, (M,))
+    centre_xy = (coords[:, [3, 2]].float() + 0.5) * 0.4 - 51.2
+    vox = torch.zeros(M, P, 5)
+    vox[..., :2] = centre_xy[:, None] + (torch.rand(M, P, 2) - 0.5) * 0.4
+    vox[..., 2] = torch.randn(M, P)
+    vox[..., 3] = torch.rand(M, P)
+    pad = torch.arange(P)[None] >= nums[:, None]
+    vox[pad] = 0.0
+    a = pfn(vox, nums, coords)
+    noisy = vox.clone()
+    noisy[pad] = torch.randn(int(pad.sum()), 5) * 100  # garbage in the padding rows
+    b = pfn(noisy, nums, coords)
+    torch.testing.assert_close(a, b)
+    # same pillar content shifted from ~10 m to ~40 m: features must differ
+    pfn.eval()
+    one = torch.zeros(1, P, 5)
+    one[0, :4, 2] = torch.tensor([-1.0, 0.0, 0.5, 1.0])
+    near, far = one.clone(), one.clone()
+    near[0, :4, 0], far[0, :4, 0] = 10.2, 40.2
+    c_near = torch.tensor([[0, 0, 128, 153]])
+    c_far = torch.tensor([[0, 0, 128, 228]])
+    n4 = torch.tensor([4])
+    assert not torch.allclose(pfn(near, n4, c_near), pfn(far, n4, c_far), atol=1e-3)
+
+
+def test_pillar_feature_net_trains_with_zero_or_one_point():
+    """An absent LiDAR (0 points) or a single point in a training batch has no batch statistics:
+    the PFN falls back to its running ones instead of failing or producing NaN."""
+    from perception.models.lidar.pointpillars import PillarFeatureNet
+
+    pfn = PillarFeatureNet(5, [16], [0.4, 0.4, 8.0], [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0]).train()
+    for m in (0, 1):
+        vox = torch.zeros(m, 4, 5)
+        vox[:, 0, :3] = 1.0
+        out = pfn(vox, torch.ones(m, dtype=torch.long), torch.zeros(m, 4, dtype=torch.long))
+        assert out.shape == (m, 16) and torch.isfinite(out).all()
+    bn = pfn.mlp[1]
+    assert torch.equal(bn.running_mean, torch.zeros(16))  # untouched by the 0/1-point batches
