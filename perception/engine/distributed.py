@@ -22,8 +22,9 @@ from typing import Any, List
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
+
+from ..models.common import norm_with_running_stats
 
 
 @dataclass
@@ -103,8 +104,8 @@ class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
         C = x.shape[1]
         dims = [d for d in range(x.dim()) if d != 1]
         xf = x.float()
-        # float64 sums: var = E[x^2] - mean^2 cancels catastrophically in float32 for point features
-        # with a large mean (coordinates of tens of metres), which cuDNN's/ATen's Welford update avoids
+        # float64 sums: var = E[x^2] - mean^2 loses float32 precision when the mean is large next to
+        # the spread (raw point coordinates of tens of metres); ATen's one-process batch norm uses Welford
         xd = x.double()
         count = torch.full((1,), float(x.numel() // max(C, 1)), dtype=torch.float64, device=x.device)
         stats = torch.cat([xd.sum(dims), (xd * xd).sum(dims), count])
@@ -113,7 +114,7 @@ class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
         if float(n) < 2:
             # no statistics from fewer than 2 values in the whole group (a sensor absent on every
             # rank): normalize with the running ones, as PointBatchNorm does in one process
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            return norm_with_running_stats(self, x)
         mean = stats[:C] / n
         var = (stats[C:2 * C] / n - mean * mean).clamp(min=0.0)
         if self.track_running_stats and self.running_mean is not None:

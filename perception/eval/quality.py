@@ -26,7 +26,7 @@ from ..fileio import write_text_atomic
 
 # the real-data fit: augmentation and modality dropout off (see run_quality)
 REAL_FIT_OVERRIDES = ["train.augment.enabled=false", "model.fusion.dropout_lidar=0", "model.fusion.dropout_camera=0",
-                      "model.fusion.dropout_radar=0", "train.checkpoint_every=400"]
+                      "model.fusion.dropout_radar=0"]
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOLS = os.path.join(PROJECT, "tools")
@@ -115,7 +115,8 @@ def run_quality(synthetic_root: str, real_root: str, work: str, steps: int, real
         # A fit of the 81 keyframes it is evaluated on, so no augmentation and no modality dropout:
         # the check is whether every convention (frames, boxes, export, metrics) holds on real data,
         # which a model can only show by reproducing the boxes it was shown.
-        real_over = ["train.seed=0", "train.split=val", "train.val_split=val", *REAL_FIT_OVERRIDES]
+        real_over = ["train.seed=0", "train.split=val", "train.val_split=val", "train.checkpoint_every=400",
+                     *REAL_FIT_OVERRIDES]
         ck = train_once(os.path.join(CONFIGS, "fusion_tiny.yaml"), real_root, os.path.join(work, "real_fusion"),
                         real_steps, real_over)
         summary = evaluate_once(os.path.join(CONFIGS, "fusion_tiny.yaml"), ck, real_root,

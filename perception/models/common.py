@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -11,6 +12,12 @@ def bev_norm(channels: int) -> nn.BatchNorm2d:
     would leak it everywhere. Dense maps give every batch thousands of positions, so its statistics
     are sound even with one sample per device; under DDP the engine converts it to SyncBatchNorm."""
     return nn.BatchNorm2d(channels)
+
+
+def norm_with_running_stats(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """x normalized by ``bn``'s running statistics, whatever its mode: the fallback of a training batch
+    with fewer than 2 values per channel (an absent sensor), where batch statistics do not exist."""
+    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
 
 
 def conv_norm_act(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:

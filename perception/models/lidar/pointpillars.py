@@ -9,11 +9,10 @@ from __future__ import annotations
 from typing import List, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...ops.voxelize import hard_voxelize, scatter_pillars
-from ..common import conv_norm_act, bev_norm
+from ..common import bev_norm, conv_norm_act, norm_with_running_stats
 
 
 class PointBatchNorm(nn.BatchNorm1d):
@@ -22,7 +21,7 @@ class PointBatchNorm(nn.BatchNorm1d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.shape[0] < 2:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            return norm_with_running_stats(self, x)
         return super().forward(x)
 
 
