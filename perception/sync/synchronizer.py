@@ -19,7 +19,9 @@ Motion compensation: every message is brought into the ego frame at t_ref throug
 the message's own timestamp: sensor -> ego(t_msg) -> global -> ego(t_ref).
 
 A message whose file is missing or unreadable makes its sensor absent (or one sweep fewer) in that
-frame: logged, counted in ``FrameBuilder.missing``, never an exception out of ``build``.
+frame: the first of a channel logged, each one counted with the first few paths in
+``FrameBuilder.missing`` (a ``FileProblems``), the path in that channel's ``SensorStatus.reason``;
+never an exception out of ``build``, unless the FileProblems is ``strict`` (``--strict``).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from ..config import Config, SyncConfig
+from ..data.problems import FileProblems
 from ..geometry import apply, invert, rotate
 from ..structures import (CAMERA_CHANNELS, LIDAR_CHANNEL, RADAR_CHANNELS, CameraImage, Frame,
                           SensorStatus)
@@ -173,9 +176,12 @@ class FrameBuilder:
     source: NuScenesSource
     scene: scene name or token
     cfg: Config (its ``sync`` and ``data`` sections are used)
+    problems: FileProblems recording unreadable files (shared by the builders of one run, so the
+        run ends with one summary); a new one when None
     """
 
-    def __init__(self, source, scene: str, cfg: Config, pose_source: str = "ego_pose"):
+    def __init__(self, source, scene: str, cfg: Config, pose_source: str = "ego_pose",
+                 problems: Optional[FileProblems] = None):
         self.source = source
         self.cfg = cfg
         self.scene = source.scene(scene)
@@ -189,7 +195,8 @@ class FrameBuilder:
             raise ValueError(f"scene {self.scene['name']}: no {LIDAR_CHANNEL} messages: the LiDAR is the "
                              f"reference clock of the synchronizer")
         self.sync = Synchronizer(self.index, self.rig, cfg.sync, self.cameras, self.radars)
-        self.missing: Counter = Counter()  # channel -> messages whose file was missing/unreadable
+        # channel -> messages whose file was missing/unreadable, with the first few paths
+        self.missing: FileProblems = FileProblems() if problems is None else problems
 
     # ------------------------------------------------------------------ references
     @property
@@ -303,17 +310,25 @@ class FramePlan:
 
 
 def _read_file(read: SensorRead, reader, missing: Counter):
+    """(data, None) or (None, one-line error naming the file); an unreadable file is recorded in
+    ``missing`` (a FileProblems: counted, the first of a channel logged, the first few paths kept;
+    with ``strict`` it raises instead)."""
     from ..data.io import SensorFileError
 
     try:
-        return reader(read.path)
+        return reader(read.path), None
     except SensorFileError as e:
-        if missing[read.channel] == 0:
-            log.warning("%s (further missing %s files are counted, not logged)", e, read.channel)
-        else:
-            log.debug("%s", e)
-        missing[read.channel] += 1
-        return None
+        _record(missing, read.channel, read.path, str(e))
+        return None, str(e)
+
+
+def _record(missing: Counter, channel: str, path: str, reason: str) -> None:
+    if hasattr(missing, "add"):
+        missing.add(channel, path, reason)
+    else:  # a plain Counter from older callers
+        if missing[channel] == 0:
+            log.warning("%s (further unreadable %s files are counted, not logged)", reason, channel)
+        missing[channel] += 1
 
 
 def assemble_frame(plan: FramePlan, drop: Iterable[str] = (), load_images: bool = True,
@@ -327,7 +342,7 @@ def assemble_frame(plan: FramePlan, drop: Iterable[str] = (), load_images: bool 
     from ..structures import modality_of
 
     drop = set(drop)
-    missing = Counter() if missing is None else missing
+    missing = FileProblems() if missing is None else missing
     t_ref = plan.timestamp
     status: Dict[str, SensorStatus] = {}
 
@@ -340,11 +355,13 @@ def assemble_frame(plan: FramePlan, drop: Iterable[str] = (), load_images: bool 
     if dropped(LIDAR_CHANNEL) or not plan.use_lidar:
         status[LIDAR_CHANNEL] = SensorStatus(False, 0, plan.lidar_token, 0, 0, "dropped")
     else:
-        ref_read, n_missing = False, 0
+        ref_read, n_missing, ref_error = False, 0, ""
         for r in lp.reads:
-            pts = _read_file(r, io.read_lidar, missing)
+            pts, err = _read_file(r, io.read_lidar, missing)
             if pts is None:
                 n_missing += 1
+                if r.token == plan.lidar_token:
+                    ref_error = err
                 continue
             ref_read |= r.token == plan.lidar_token
             out = np.empty((len(pts), 6), np.float32)
@@ -355,7 +372,7 @@ def assemble_frame(plan: FramePlan, drop: Iterable[str] = (), load_images: bool 
         # Without the reference sweep the LiDAR is absent: past sweeps alone would show the world
         # as it was, not as it is at t_ref.
         status[LIDAR_CHANNEL] = SensorStatus(ref_read, 0, plan.lidar_token, len(lp.reads), n_missing,
-                                             "" if ref_read else "reference sweep file missing or unreadable")
+                                             "" if ref_read else f"reference sweep unreadable: {ref_error}")
         if not ref_read:
             lidar_parts = []
     lidar_points = np.concatenate(lidar_parts) if lidar_parts else np.zeros((0, 6), np.float32)
@@ -371,11 +388,13 @@ def assemble_frame(plan: FramePlan, drop: Iterable[str] = (), load_images: bool 
         if not cp.reads:
             status[ch] = SensorStatus(False, None, "", 0, 0, cp.reason)
             continue
-        n_missing, got = 0, 0
+        n_missing, got, first_error = 0, 0, ""
         for r in cp.reads:
-            pts = _read_file(r, lambda p: io.read_radar(p, default_filters=plan.radar_default_filters), missing)
+            pts, err = _read_file(r, lambda p: io.read_radar(p, default_filters=plan.radar_default_filters),
+                                  missing)
             if pts is None:
                 n_missing += 1
+                first_error = first_error or err
                 continue
             got += 1
             out = np.empty((len(pts), 7), np.float32)
@@ -387,7 +406,7 @@ def assemble_frame(plan: FramePlan, drop: Iterable[str] = (), load_images: bool 
             out[:, 6] = (t_ref - r.timestamp) * 1e-6
             radar_parts.append(out)
         status[ch] = SensorStatus(got > 0, cp.offset_us, cp.reads[0].token, len(cp.reads), n_missing,
-                                  "" if got else "files missing or unreadable")
+                                  "" if got else f"files unreadable: {first_error}")
     radar_points = np.concatenate(radar_parts) if radar_parts else np.zeros((0, 7), np.float32)
 
     # Cameras
@@ -399,16 +418,17 @@ def assemble_frame(plan: FramePlan, drop: Iterable[str] = (), load_images: bool 
             cameras.append(CameraImage(cam, None, K, T, t_ref, width, height, present=False))
             continue
         r = cp.reads[0]
-        image = None
+        image, err = None, ""
         if load_images:
-            image = _read_file(r, io.read_image, missing)
+            image, err = _read_file(r, io.read_image, missing)
             present = image is not None
         else:
             present = os.path.isfile(r.path)
             if not present:
-                missing[cam] += 1
+                err = f"{r.path}: camera image not found"
+                _record(missing, cam, r.path, err)
         status[cam] = SensorStatus(present, cp.offset_us, r.token, 1, 0 if present else 1,
-                                   "" if present else "file missing or unreadable")
+                                   "" if present else f"file unreadable: {err}")
         cameras.append(CameraImage(cam, image, K, T, r.timestamp, width, height, present=present, token=r.token,
                                    filename=r.path))
 
