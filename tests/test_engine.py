@@ -163,10 +163,10 @@ def test_corrupt_file_marks_sensor_absent_and_failing_sample_is_replaced(root, t
     # A sample that raises (anything beyond a bad file) is logged and replaced by the next one.
     real_load = ds.load
 
-    def load(epoch, index):
+    def load(epoch, index, problems=None):
         if index == 0:
             raise ValueError("synthetic failure")
-        return real_load(epoch, index)
+        return real_load(epoch, index, problems)
 
     ds.load = load
     caplog.clear()
@@ -174,6 +174,9 @@ def test_corrupt_file_marks_sensor_absent_and_failing_sample_is_replaced(root, t
         s0 = ds[(0, 0)]
     assert s0.sample_token == plan.sample_token
     assert "synthetic failure" in caplog.text and ds.failed == 1
+    # ... and the replacement is recorded on the sample, for the run's summary
+    assert s0.problems["sample"] == 1 and "synthetic failure" in s0.problems.examples["sample"][0][1]
+    assert s.problems["LIDAR_TOP"] == 1 and s.problems.examples["LIDAR_TOP"][0][0] == bad
     # Through a DataLoader with a worker, the epoch goes on.
     from perception.engine.dataset import collate_samples
 

@@ -37,6 +37,9 @@ class Sample:
     sample_token: str
     timestamp: int
     T_global_from_ego: np.ndarray
+    # FileProblems of the files this sample could not read (training carries it from the loader
+    # workers to the trainer's run summary); None when not recorded
+    problems: Optional[object] = None
 
 
 def resize_crop_matrix(width: int, height: int, out_hw: Sequence[int], flip: bool = False,

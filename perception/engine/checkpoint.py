@@ -73,7 +73,16 @@ def save_checkpoint(state: Dict[str, Any], ckpt_dir: str, step: int, keep_last: 
             os.unlink(stale)
         except OSError:
             pass
-    final = atomic_write(os.path.join(ckpt_dir, f"ckpt_{step:08d}.pt"), lambda f: torch.save(state, f))
+    target = os.path.join(ckpt_dir, f"ckpt_{step:08d}.pt")
+    try:
+        final = atomic_write(target, lambda f: torch.save(state, f))
+    except (OSError, RuntimeError) as e:  # torch.save wraps a full disk in a RuntimeError of its writer
+        from ..errors import root_os_error
+
+        cause = root_os_error(e)
+        why = f"[Errno {cause.errno}] {cause.strerror}" if cause is not None else str(e).splitlines()[0]
+        raise CheckpointError(f"{target}: checkpoint not written ({why}); the previous checkpoints are "
+                              f"intact") from e
     _fsync_dir(ckpt_dir)
     for _, old in list_checkpoints(ckpt_dir)[:-keep_last]:
         try:
@@ -85,6 +94,36 @@ def save_checkpoint(state: Dict[str, Any], ckpt_dir: str, step: int, keep_last: 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def state_dict_mismatch(model: torch.nn.Module, saved: Dict[str, Any]) -> Optional[str]:
+    """The first difference between ``model``'s state dict and ``saved`` in one phrase (a shape
+    mismatch, a key the model lacks, a key the checkpoint lacks), or None when they fit."""
+    own = model.state_dict()
+    for k, v in saved.items():
+        if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape):
+            return f"{k} has shape {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in this model"
+    extra = [k for k in saved if k not in own]
+    if extra:
+        return f"{extra[0]} is in the checkpoint but not in this model ({len(extra)} such keys)"
+    absent = [k for k in own if k not in saved]
+    if absent:
+        return f"{absent[0]} of this model is missing from the checkpoint ({len(absent)} such keys)"
+    return None
+
+
+def load_model_state(model: torch.nn.Module, saved: Dict[str, Any], path: str) -> None:
+    """``model.load_state_dict(saved)``, or a one-line CheckpointError naming ``path`` and the first
+    mismatching key (a checkpoint of another config)."""
+    why = state_dict_mismatch(model, saved)
+    if why is None:
+        try:
+            model.load_state_dict(saved)
+            return
+        except RuntimeError as e:
+            why = str(e).splitlines()[0]
+    raise CheckpointError(f"{path}: does not fit this config's model: {why}; is it a checkpoint of another "
+                          f"config? (use another --work-dir, or the config it was trained with)")
 
 
 def latest_checkpoint(ckpt_dir: str) -> Optional[Tuple[str, Dict[str, Any]]]:

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import pickle
-from collections import Counter
 from dataclasses import asdict
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -29,6 +28,7 @@ import torch
 from ..config import Config
 from ..fileio import atomic_write_bytes
 from ..data.batch import Sample, collate, frame_to_sample
+from ..data.problems import FileProblems
 from ..structures import Batch
 from .augment import augment_frame, sample_rng
 
@@ -129,7 +129,8 @@ class TrainDataset(torch.utils.data.Dataset):
     process of a distributed run keeps stepping together.
     """
 
-    def __init__(self, plans: Sequence, cfg: Config, augment: bool = True, seed: int = 0, max_retries: int = 8):
+    def __init__(self, plans: Sequence, cfg: Config, augment: bool = True, seed: int = 0, max_retries: int = 8,
+                 strict: bool = False):
         self.plans = list(plans)
         self.cfg = cfg
         self.augment = augment and cfg.train.augment.enabled
@@ -139,18 +140,20 @@ class TrainDataset(torch.utils.data.Dataset):
         self.drop = [name for name, used in (("lidar", m.use_lidar), ("camera", m.use_camera),
                                              ("radar", m.use_radar)) if not used]
         self.load_images = cfg.sync.load_images and m.use_camera
-        self.missing: Counter = Counter()  # per channel unreadable files (per process)
+        self.strict = strict  # an unreadable file or a sample that fails to load is an error
+        self.missing = FileProblems()  # per channel unreadable files (this process's; see __getitem__)
         self.failed = 0
 
     def __len__(self) -> int:
         return len(self.plans)
 
-    def load(self, epoch: int, index: int) -> Sample:
-        """One sample (raises on failure; ``__getitem__`` handles that)."""
+    def load(self, epoch: int, index: int, problems: Optional[FileProblems] = None) -> Sample:
+        """One sample (raises on failure; ``__getitem__`` handles that). Unreadable files go to
+        ``problems`` (default: this dataset's ``missing``)."""
         from ..sync.synchronizer import assemble_frame
 
         frame = assemble_frame(self.plans[index], drop=self.drop, load_images=self.load_images,
-                               missing=self.missing)
+                               missing=self.missing if problems is None else problems)
         img_aug = None
         if self.augment:
             rng = sample_rng(self.seed, epoch, index)
@@ -159,18 +162,33 @@ class TrainDataset(torch.utils.data.Dataset):
         return frame_to_sample(frame, self.cfg, image_aug=img_aug)
 
     def __getitem__(self, key) -> Sample:
+        """The sample of ``key``, carrying in ``sample.problems`` what could not be read for it (a
+        sample replaced by the next one is recorded under the channel 'sample'); loader workers
+        are separate processes, so this is how their problems reach the trainer's summary."""
+        from ..data.io import SensorFileError
+
         epoch, index = key if isinstance(key, tuple) else (0, int(key))
+        problems = FileProblems(strict=self.strict)
         for attempt in range(self.max_retries + 1):
             i = (index + attempt) % len(self.plans)
             try:
-                return self.load(epoch, i)
-            except Exception as e:  # corrupt data must not end the epoch
+                sample = self.load(epoch, i, problems)
+                self.missing.merge(problems)
+                sample.problems = problems
+                return sample
+            except Exception as e:  # corrupt data must not end the epoch (unless strict)
+                if self.strict and isinstance(e, SensorFileError):
+                    raise DataError(str(e)) from None
+                if self.strict:
+                    raise DataError(f"sample {getattr(self.plans[i], 'sample_token', '?')} failed to load "
+                                    f"({e.__class__.__name__}: {e}) (--strict)") from None
                 self.failed += 1
                 plan = self.plans[i]
-                log.warning("sample %d (sample %s) failed to load (%s: %s); skipped, using sample %d instead",
-                            i, getattr(plan, "sample_token", "?"), e.__class__.__name__, e,
-                            (i + 1) % len(self.plans))
-        raise DataError(f"{self.max_retries + 1} consecutive samples from index {index} failed to load")
+                problems.add("sample", getattr(plan, "sample_token", "?"),
+                             f"sample {getattr(plan, 'sample_token', '?')} (index {i}) failed to load "
+                             f"({e.__class__.__name__}: {e}); replaced by index {(i + 1) % len(self.plans)}")
+        raise DataError(f"{self.max_retries + 1} consecutive samples from index {index} failed to load "
+                        f"(first: {problems.examples.get('sample', [('', '?')])[0][1]})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,8 +242,9 @@ class ResumableSampler(torch.utils.data.Sampler):
 class LoadedBatch:
     """A collated Batch that the DataLoader's pin-memory thread can pin (it calls ``pin_memory()``)."""
 
-    def __init__(self, batch: Batch):
+    def __init__(self, batch: Batch, problems: Optional[FileProblems] = None):
         self.batch = batch
+        self.problems = FileProblems() if problems is None else problems  # of the batch's samples
 
     def pin_memory(self) -> "LoadedBatch":
         b = self.batch
@@ -240,11 +259,14 @@ class LoadedBatch:
         return LoadedBatch(Batch(pin(b.lidar_points), pin(b.radar_points), pin(b.images), pin(b.intrinsics),
                                  pin(b.img_aug), pin(b.T_ego_from_cam), pin(b.camera_mask), pin(b.modality_mask),
                                  pin(b.ego_velocity), pin(b.gt_boxes), pin(b.gt_labels), pin(b.gt_attributes),
-                                 b.sample_tokens, b.timestamps, b.T_global_from_ego))
+                                 b.sample_tokens, b.timestamps, b.T_global_from_ego), self.problems)
 
 
 def collate_samples(samples: List[Sample]) -> LoadedBatch:
-    return LoadedBatch(collate(samples))
+    problems = FileProblems()
+    for s in samples:
+        problems.merge(s.problems)
+    return LoadedBatch(collate(samples), problems)
 
 
 def worker_init(worker_id: int) -> None:
@@ -255,3 +277,24 @@ def worker_init(worker_id: int) -> None:
 
     torch.set_num_threads(1)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def shutdown_loader(loader: torch.utils.data.DataLoader, timeout_s: float = 5.0) -> None:
+    """Stop a DataLoader's worker processes now (persistent workers included): the polite shutdown
+    first, then SIGKILL for any still alive after ``timeout_s`` (they ignore SIGTERM, see
+    ``worker_init``). Safe to call on a loader without workers or whose workers already exited."""
+    it = getattr(loader, "_iterator", None)
+    if it is None:
+        return
+    workers = list(getattr(it, "_workers", []))
+    try:
+        if hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+    except Exception as e:  # a broken queue must not keep the workers alive
+        log.debug("loader shutdown: %s", e)
+    for w in workers:
+        w.join(timeout=timeout_s)
+        if w.is_alive():
+            w.kill()
+            w.join(timeout=timeout_s)
+    loader._iterator = None

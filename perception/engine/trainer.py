@@ -36,9 +36,11 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ..config import Config
+from ..config import Config, ConfigError
 from . import checkpoint as ckpt
-from .dataset import DataError, ResumableSampler, TrainDataset, build_index, collate_samples, worker_init
+from ..data.problems import FileProblems
+from .dataset import (DataError, ResumableSampler, TrainDataset, build_index, collate_samples, shutdown_loader,
+                      worker_init)
 from .distributed import (DistInfo, all_gather_objects, all_reduce_mean, barrier, cleanup, convert_batchnorm,
                           init_distributed)
 
@@ -53,6 +55,10 @@ class NonFiniteLossError(RuntimeError):
 
 class TrainingInterrupted(RuntimeError):
     """SIGTERM received; a checkpoint was written and --resume continues."""
+
+
+class ScheduleError(ConfigError):
+    """--resume asked for more steps than the saved schedule plans, without --extend."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,7 +232,7 @@ def _params_max_diff_across_ranks(model: torch.nn.Module, info: DistInfo) -> flo
 # The loop
 # ---------------------------------------------------------------------------------------------
 def train(cfg: Config, dataroot: str, version: str, work_dir: str, max_steps: Optional[int] = None,
-          resume: bool = False, progress: bool = True) -> dict:
+          resume: bool = False, progress: bool = True, extend: bool = False, strict: bool = False) -> dict:
     """Train (see module doc). Returns a summary: steps, epochs, the last checkpoint, losses per step
     (rank 0's view of the all-reduced totals), the cross-rank parameter check."""
     t = cfg.train
@@ -239,12 +245,13 @@ def train(cfg: Config, dataroot: str, version: str, work_dir: str, max_steps: Op
     info = init_distributed(use_cuda)
     device = torch.device(f"cuda:{info.local_rank}" if use_cuda else "cpu")
     try:
-        return _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info, device)
+        return _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info, device, extend, strict)
     finally:
         cleanup(info)
 
 
-def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: DistInfo, device) -> dict:
+def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: DistInfo, device,
+           extend: bool = False, strict: bool = False) -> dict:
     from ..models.build import build_model
 
     t = cfg.train
@@ -267,7 +274,7 @@ def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: 
     if info.local_rank != 0:
         plans = build_index(dataroot, version, t.split, cfg, cache_dir)
 
-    dataset = TrainDataset(plans, cfg, augment=True, seed=t.seed)
+    dataset = TrainDataset(plans, cfg, augment=True, seed=t.seed, strict=strict)
     sampler = ResumableSampler(len(dataset), t.batch_size, info.world_size, info.rank, t.seed, shuffle=True)
     loader_gen = torch.Generator()
     loader_gen.manual_seed(t.seed)
@@ -287,11 +294,12 @@ def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: 
     model.to(device)
     bare = model
     optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, total_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=(t.amp == "fp16" and device.type == "cuda"))
 
     step, epoch, batch_in_epoch, last_ckpt = 0, 0, 0, None
-    resumed_from = None
+    resumed_from, state = None, None
+    plan_end = total_steps  # the step the schedule's plan ends at (saved in checkpoints as total_steps)
+    schedule_start = 0  # the step the current schedule's plan starts at (> 0 after --extend)
     if resume:
         found = ckpt.latest_checkpoint(ckpt_dir)
         if found is None:
@@ -300,16 +308,42 @@ def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: 
         else:
             last_ckpt, state = found
             resumed_from = last_ckpt
-            bare.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+            ckpt.load_model_state(bare, state["model"], last_ckpt)
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise ckpt.CheckpointError(f"{last_ckpt}: optimizer state does not fit this model's parameters "
+                                           f"({str(e).splitlines()[0]}); is it a checkpoint of another config?") \
+                    from None
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+            schedule_start = int(state.get("schedule_start", 0))
             saved_total = int(state.get("total_steps", total_steps))
-            if saved_total != total_steps and info.is_main:
-                log.warning("resuming a run planned for %d steps with %d: the schedule keeps the saved plan",
-                            saved_total, total_steps)
+            plan_end = saved_total
+            if total_steps > saved_total and t.schedule != "constant":
+                # One-cycle and cosine plans end at their last step: stepping on raises in torch
+                # (one-cycle) or holds the floor LR (cosine). Continuing needs a decision.
+                if not extend:
+                    raise ScheduleError(
+                        f"{last_ckpt}: this run's {t.schedule} schedule was planned for {saved_total} steps and "
+                        f"cannot continue to {total_steps}; either add --extend (re-plans steps {step}..{total_steps}"
+                        f" as a new warmup + anneal from these weights) or start a new run in another --work-dir")
+                schedule_start, plan_end = step, total_steps
+                if info.is_main:
+                    log.info("--extend: the %s schedule is re-planned over steps %d..%d", t.schedule, step,
+                             total_steps)
+            elif total_steps > saved_total:  # a constant LR has no plan to outgrow
+                plan_end = total_steps
+            elif total_steps < saved_total and info.is_main:
+                log.warning("resuming a run planned for %d steps with %d: it stops early and the schedule keeps "
+                            "the saved plan", saved_total, total_steps)
+    scheduler = build_scheduler(optimizer, cfg, plan_end - schedule_start)
+    if state is not None and schedule_start == int(state.get("schedule_start", 0)):
+        # Building a scheduler sets the LR of its first step: the optimizer's saved state (the LR
+        # of the next step) goes back over it, then the scheduler's position.
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])  # else --extend: a fresh plan from here
     # Per-rank random streams (modality dropout and anything else drawing at train time).
     torch.manual_seed(t.seed + 1 + info.rank)
     random.seed(t.seed + 1 + info.rank)
@@ -357,13 +391,15 @@ def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: 
         if info.is_main:
             state = {"model": bare.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                     "step": step_now, "epoch": epoch_now, "batch_in_epoch": in_epoch, "total_steps": total_steps,
+                     "step": step_now, "epoch": epoch_now, "batch_in_epoch": in_epoch, "total_steps": plan_end,
+                     "schedule_start": schedule_start,
                      "rng": rngs, "world_size": info.world_size, "config": cfg.to_dict(), "time": time.time()}
             path = ckpt.save_checkpoint(state, ckpt_dir, step_now, t.keep_last)
         barrier(info)
         return path or os.path.join(ckpt_dir, f"ckpt_{step_now:08d}.pt")
 
     losses: List[float] = []
+    run_problems = FileProblems()  # unreadable files of every batch this process trained on
     window = {"data": 0.0, "compute": 0.0, "n": 0, "samples": 0}
     global_batch = t.batch_size * info.world_size
     params = [p for p in model.parameters() if p.requires_grad]
@@ -374,6 +410,7 @@ def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: 
             for lb in loader:
                 t_data = time.perf_counter() - tick
                 batch = lb.batch.to(device)
+                run_problems.merge(lb.problems)
                 with _autocast(t.amp, device):
                     terms = compute_losses(ddp, bare, batch, t.loss_reduction)
                 keys = [k for k in LOSS_KEYS if k in terms]
@@ -421,7 +458,8 @@ def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: 
                                    "loss": loss_vals, "grad_norm": gnorm,
                                    "samples_per_s": window["samples"] / max(wt, 1e-9),
                                    "data_time_s": window["data"] / window["n"],
-                                   "compute_time_s": window["compute"] / window["n"], "time": time.time()})
+                                   "compute_time_s": window["compute"] / window["n"],
+                                   "unreadable_files": run_problems.total(), "time": time.time()})
                     window = {"data": 0.0, "compute": 0.0, "n": 0, "samples": 0}
                 interrupted = values[-1].item() > 0
                 if step % t.checkpoint_every == 0 or step == total_steps or interrupted:
@@ -436,15 +474,26 @@ def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: 
             if batch_in_epoch >= steps_per_epoch:
                 epoch, batch_in_epoch = epoch + 1, 0
         diff = _params_max_diff_across_ranks(model, info)
+        problems = FileProblems()
+        for part in all_gather_objects(info, run_problems):
+            problems.merge(part)
         summary = {"event": "end", "step": step, "epoch": epoch, "checkpoint": last_ckpt,
                    "world_size": info.world_size, "param_max_abs_diff_across_ranks": diff,
-                   "failed_samples_main_process": dataset.failed, "time": time.time()}
+                   "failed_samples": int(problems["sample"]),
+                   "unreadable_files": problems.to_dict(), "time": time.time()}
         if info.is_main:
             logger.record(summary)
-            logger.write(f"done: step {step}, checkpoint {last_ckpt}")
+            for line in problems.summary_lines():
+                logger.write(f"data problems: {line}")
+            logger.write(f"done: step {step}, checkpoint {last_ckpt}"
+                         + (f"; {problems.total()} unreadable file(s) or failed sample(s), listed in log.jsonl"
+                            if problems.total() else "; every file read"))
         summary["losses"] = losses
         return summary
     finally:
+        # Loader workers ignore SIGTERM (see worker_init), so on an error path Python's exit
+        # handler would wait for them forever: stop them here, whatever they are doing.
+        shutdown_loader(loader)
         logger.close()
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
