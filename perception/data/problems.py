@@ -41,8 +41,7 @@ class FileProblems(Counter):
 
             raise SensorFileError(f"{reason} (--strict: unreadable files are errors)")
         if log_first and self[channel] == 0:
-            log.warning("%s (further unreadable %s files are counted and listed in the run's summary)",
-                        reason, channel)
+            log.warning("%s (further %s problems are counted and listed in the run's summary)", reason, channel)
         else:
             log.debug("%s", reason)
         self[channel] += 1
