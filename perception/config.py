@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -176,6 +177,12 @@ class CameraEncoderConfig:
     channels: int = 80
 
     def validate(self, where: str) -> None:
+        # checked before unpacking below: a short list would otherwise end in a bare unpacking error
+        if len(self.depth_bins) != 3:
+            raise ConfigError(f"{where}: model.camera.depth_bins needs 3 numbers (min, max, step), "
+                              f"got {self.depth_bins}")
+        if len(self.image_size) != 2:
+            raise ConfigError(f"{where}: model.camera.image_size needs 2 numbers (H, W), got {self.image_size}")
         if self.backbone not in ("resnet18", "resnet34", "resnet50"):
             raise ConfigError(f"{where}: model.camera.backbone must be resnet18, resnet34 or resnet50, "
                               f"got {self.backbone!r}")
@@ -278,6 +285,15 @@ class ModelConfig:
     def validate(self, where: str) -> None:
         if not (self.use_lidar or self.use_camera or self.use_radar):
             raise ConfigError(f"{where}: model uses no modality (use_lidar, use_camera, use_radar all false)")
+        if self.bev_stride < 1 or self.bev_channels < 1:
+            raise ConfigError(f"{where}: model.bev_stride and model.bev_channels must be >= 1")
+        # The backbone zips these per stage: lists of different lengths would silently build fewer stages.
+        stages = {name: len(getattr(self.lidar, name)) for name in
+                  ("backbone_layers", "backbone_strides", "backbone_channels", "neck_channels")}
+        if len(set(stages.values())) != 1:
+            raise ConfigError(f"{where}: model.lidar.backbone_layers, backbone_strides, backbone_channels and "
+                              f"neck_channels need one entry per stage each, got lengths "
+                              f"{', '.join(f'{k}={v}' for k, v in stages.items())}")
         self.camera.validate(where)
         from .structures import CLASSES
         flat = [c for group in self.head.tasks for c in group]
@@ -437,13 +453,28 @@ class Config:
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
+def _kind(tp: Any) -> str:
+    """How a message names a value's type ('a number', 'a list', ...)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _kind(args[0]) if args else "a value"
+    if origin in (list, List, Sequence, tuple):
+        return "a list"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, "a value")
+
+
 def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     """Check and convert one YAML value to the annotated type."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: '{key}' must be a mapping, got {type(value).__name__}")
+            got = "nothing" if value is None else f"{type(value).__name__} {value!r}"
+            raise ConfigError(f"{where}: '{key}' is a section (a mapping of keys), got {got}")
         return _build(tp, value, key, where)
+    if isinstance(value, dict):
+        # sub-keys under a plain value (YAML 'lr: {x: 1}' or --set train.lr.x=1)
+        raise ConfigError(f"{where}: '{key}' is {_kind(tp)}, not a section")
     if origin is typing.Union:  # Optional[X]
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return None if value is None else _coerce(value, args[0], key, where)
@@ -469,6 +500,10 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+        # .nan / .inf are YAML floats, but NaN passes every range check below (nan <= 0 is False)
+        # and no setting here means anything by infinity
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: '{key}' must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -482,9 +517,10 @@ def _build(cls: Any, values: Dict[str, Any], prefix: str, where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
     kwargs = {}
     for key, value in values.items():
-        dotted = f"{prefix}.{key}" if prefix else key
+        key_text = str(key)  # YAML keys may be numbers ('1: 2'); they are still just unknown keys
+        dotted = f"{prefix}.{key_text}" if prefix else key_text
         if key not in names:
-            close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(key_text, sorted(names), n=1, cutoff=0.6)
             hint = f" (did you mean '{(prefix + '.') if prefix else ''}{close[0]}'?)" if close else ""
             raise ConfigError(f"{where}: unknown config key '{dotted}'{hint}")
         kwargs[key] = _coerce(value, hints[key], dotted, where)
@@ -498,6 +534,28 @@ def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key written twice in one mapping (PyYAML keeps the last silently,
+    so the first of two 'lr:' lines would be ignored without a word)."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:  # an unhashable key; the base constructor names that error
+            break
+        if duplicate:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", key_node.start_mark)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
 def _read_yaml(path: str, seen: Tuple[str, ...] = ()) -> Dict[str, Any]:
     path = os.path.abspath(path)
     if path in seen:
@@ -506,33 +564,46 @@ def _read_yaml(path: str, seen: Tuple[str, ...] = ()) -> Dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     with open(path) as f:
         try:
-            raw = yaml.safe_load(f) or {}
+            raw = yaml.load(f, Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     base = raw.pop("_base_", None)
+    # Keys and types are checked per file, before merging, so an error names the file that holds
+    # the key (a typo in a _base_ file is reported there, not in the file that inherits it).
+    _build(Config, raw, "", path)
     if base is None:
         return raw
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: _base_ must be a file name (relative to this file), got {base!r}")
     return _merge(_read_yaml(os.path.join(os.path.dirname(path), base), seen + (path,)), raw)
 
 
 def parse_overrides(pairs: Sequence[str]) -> Dict[str, Any]:
-    """['a.b=3', 'c=[1, 2]'] -> nested dict with YAML-parsed values."""
+    """['a.b=3', 'c=[1, 2]'] -> nested dict with YAML-parsed values.
+
+    Each pair is checked on its own against the config's keys and types first, so an error names
+    the pair ('--set train.lr.x=1: 'train.lr' is a number, not a section'), and two pairs can never
+    collide while nesting (a value under a plain value is refused before it is nested).
+    """
     out: Dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"--set {pair!r}: expected key=value")
         key, text = pair.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(p.strip() for p in parts):
+            raise ConfigError(f"--set {pair!r}: empty key or key part in {key.strip()!r}")
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
+        nested: Dict[str, Any] = {parts[-1].strip(): value}
+        for p in reversed(parts[:-1]):
+            nested = {p.strip(): nested}
+        _build(Config, nested, "", f"--set {pair.strip()}")
+        out = _merge(out, nested)
     return out
 
 
@@ -543,12 +614,18 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
     cfg = _build(Config, raw, "", where)
     cfg.source = where
     if overrides:
-        cfg = apply_overrides(cfg, overrides)
+        return apply_overrides(cfg, overrides)
     return cfg.validate()
 
 
 def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
     merged = _merge(cfg.to_dict(), parse_overrides(overrides))
     out = _build(Config, merged, "", f"{cfg.source} (--set)")
-    out.source = cfg.source
-    return out.validate()
+    # A value that fails the cross-field checks may come from the file or from an override:
+    # the message names both.
+    out.source = f"{cfg.source} with --set {' '.join(o.strip() for o in overrides)}"
+    try:
+        out.validate()
+    finally:
+        out.source = cfg.source
+    return out

@@ -9,7 +9,9 @@
 Writes OUT/results_nusc.json (not with --results), OUT/metrics_summary.json, OUT/metrics_details.json,
 OUT/plots/ (devkit) and OUT/report.md; with --robustness also OUT/robustness/<case>/ and OUT/robustness.json.
 Shardable: torchrun --nproc-per-node N tools/eval.py ... (gloo on CPU, nccl on GPU); rank 0 writes.
-Exit status: 0 done, 2 unusable arguments or inputs (the message says which).
+Unreadable sensor files make that sensor absent in that frame and are listed (per channel: count, first
+paths) on the console and in report.md's "Data problems"; --strict makes the first one an error instead.
+Exit status: 0 done, 2 unusable arguments or inputs (one line naming the file or field).
 """
 import argparse
 import logging
@@ -57,9 +59,11 @@ def main(argv=None) -> int:
                          "lidar) and add the robustness table to the report")
     ap.add_argument("--batch-size", type=int, default=1, help="frames per detector call")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    ap.add_argument("--strict", action="store_true", help="an unreadable sensor file is an error, not an absent sensor")
     ap.add_argument("--no-plots", action="store_true", help="skip the devkit's PR and TP-error plots")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(message)s")
+    # WARNING: the first unreadable file of each channel is logged when it happens (the rest are counted)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
     if args.results and (args.drop or args.robustness):
         ap.error("--drop and --robustness need a model (--checkpoint) or --oracle, not --results")
@@ -75,6 +79,11 @@ def main(argv=None) -> int:
     from perception.eval import evaluate as ev
     from perception.eval.export import ExportError
     from perception.eval.report import write_report
+    from perception.data.io import SensorFileError
+    from perception.engine.checkpoint import CheckpointError as TrainCheckpointError
+    from perception.errors import one_line
+    from perception.sync.calibration import CalibrationError
+    from perception.sync.pose import PoseError
 
     distributed = _init_distributed()
     rank = ev.dist_rank_world()[0]
@@ -90,6 +99,7 @@ def main(argv=None) -> int:
             summary = ev.evaluate_results(source.nusc, os.path.abspath(args.results), args.split, out,
                                           render_curves=render)
             results_path, meta, drop, rows = os.path.abspath(args.results), None, [], None
+            problems = None
             mode_text = "results file"
         else:
             if args.oracle:
@@ -97,7 +107,7 @@ def main(argv=None) -> int:
             else:
                 detector, mode_text = ev.build_detector(cfg, args.checkpoint), "model"
             run = ev.evaluate_detector(detector, source, cfg, args.split, out, drop=args.drop,
-                                       batch_size=args.batch_size, render_curves=render)
+                                       batch_size=args.batch_size, render_curves=render, strict=args.strict)
             rows = None
             if args.robustness:
                 rows = ev.run_robustness(detector, source, cfg, args.split, out,
@@ -108,6 +118,7 @@ def main(argv=None) -> int:
             if run is None:  # not rank 0
                 return 0
             summary, results_path, meta, drop = run.summary, run.results_path, run.meta, run.drop
+            problems = run.problems
         if rank != 0:
             return 0
         provenance = {
@@ -121,16 +132,20 @@ def main(argv=None) -> int:
             "sensors dropped": ", ".join(drop) or "none",
             "submission meta": ", ".join(k for k, v in (summary.get("meta") or meta or {}).items() if v) or "none",
         }
-        report = write_report(out, summary, provenance, robustness=rows)
-    except (ev.EvalError, ExportError, ConfigError, DataRootError) as e:
-        print(f"eval: {e}", file=sys.stderr)
+        report = write_report(out, summary, provenance, robustness=rows, problems=problems)
+    except (ev.EvalError, ExportError, ConfigError, DataRootError, CalibrationError, PoseError, SensorFileError,
+            TrainCheckpointError, OSError) as e:
+        print(f"eval: {one_line(e)}", file=sys.stderr)
         return 2
     finally:
         if distributed:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    print(f"mAP {summary['mean_ap']:.4f}  NDS {summary['nd_score']:.4f}  report: {report}")
+    for line in (problems.summary_lines() if problems is not None else []):
+        print(f"eval: data problems: {line}", file=sys.stderr)
+    print(f"mAP {summary['mean_ap']:.4f}  NDS {summary['nd_score']:.4f}  report: {report}"
+          + (f"  ({problems.total()} unreadable file(s): see report)" if problems else ""))
     return 0
 
 

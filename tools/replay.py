@@ -48,6 +48,7 @@ def main(argv=None) -> int:
                     help="which LiDAR messages make frames (default: those whose file exists)")
     ap.add_argument("--renderer", default="auto", choices=("auto", "open3d", "software"), help="3D panel renderer")
     ap.add_argument("--color-by", default="height", choices=("height", "intensity"), help="LiDAR point colours")
+    ap.add_argument("--strict", action="store_true", help="an unreadable sensor file is an error, not an absent sensor")
     ap.add_argument("--min-score", type=float, default=0.25, help="draw predictions from this score up (all are logged)")
     ap.add_argument("--video-fps", type=float, help="video frame rate (default: the recorded reference rate)")
     a = ap.parse_args(argv)
@@ -57,6 +58,10 @@ def main(argv=None) -> int:
     from perception.data.nuscenes_source import DataRootError, NuScenesSource
     from perception.replay import Player, ReplayOptions
     from perception.replay.player import has_display
+    from perception.data.io import SensorFileError
+    from perception.errors import one_line
+    from perception.sync.calibration import CalibrationError
+    from perception.sync.pose import PoseError
 
     if a.speed is not None and a.speed <= 0:
         ap.error("--speed must be > 0")
@@ -79,8 +84,8 @@ def main(argv=None) -> int:
             except EvalError as e:
                 print(f"replay: {e}", file=sys.stderr)
                 return 2
-    except (ConfigError, DataRootError) as e:
-        print(f"replay: {e}", file=sys.stderr)
+    except (ConfigError, DataRootError, CalibrationError, PoseError) as e:
+        print(f"replay: {one_line(e)}", file=sys.stderr)
         return 2
     opts = ReplayOptions(reference=a.reference, speed=1.0 if a.realtime else a.speed, drop=a.drop_sensor,
                          max_frames=a.max_frames, out_video=out,
@@ -88,7 +93,13 @@ def main(argv=None) -> int:
                          png_dir=a.png_dir, png_every=a.png_every, headless=headless, renderer=a.renderer,
                          color_by=a.color_by, video_fps=a.video_fps,
                          min_score=a.min_score)
-    s = Player(source, a.scene, cfg, detector, opts).run()
+    try:
+        player = Player(source, a.scene, cfg, detector, opts)
+        player.builder.missing.strict = a.strict
+        s = player.run()
+    except (ConfigError, DataRootError, CalibrationError, PoseError, SensorFileError, OSError) as e:
+        print(f"replay: {one_line(e)}", file=sys.stderr)
+        return 2
     stages = " ".join(f"{k} {v:.1f}" for k, v in s.mean_ms.items() if v > 0)
     print(f"replay {a.scene}: {s.frames} frames in {s.wall_s:.1f} s = {s.fps:.2f} fps; 3D: {s.renderer}")
     print(f"mean ms per frame: {stages}")
@@ -98,6 +109,8 @@ def main(argv=None) -> int:
         print(f"video: {s.video} {s.video_size[0]}x{s.video_size[1]}" if s.video_size else f"video: {s.video} (empty)")
     if s.json:
         print(f"log: {s.json}")
+    for line in (s.problems.summary_lines() if s.problems else []):
+        print(f"data problems: {line}")
     return 0
 
 

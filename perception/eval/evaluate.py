@@ -33,6 +33,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..data.problems import FileProblems
 from ..structures import CAMERA_CHANNELS, RADAR_CHANNELS, Detections, Frame
 from . import export
 
@@ -194,8 +195,10 @@ class InferenceOutput:
     detections: Dict[str, Detections] = field(default_factory=dict)
     T_global_from_ego: Dict[str, np.ndarray] = field(default_factory=dict)
     present: Dict[str, bool] = field(default_factory=lambda: {m: False for m in MODALITIES})
+    problems: FileProblems = field(default_factory=FileProblems)  # unreadable files (sensor absent there)
 
     def merge(self, other: "InferenceOutput") -> None:
+        self.problems.merge(other.problems)
         self.detections.update(other.detections)
         self.T_global_from_ego.update(other.T_global_from_ego)
         for m in MODALITIES:
@@ -204,13 +207,15 @@ class InferenceOutput:
 
 def run_inference(detector, source, cfg, sample_tokens: Sequence[str], drop: Iterable[str] = (),
                   batch_size: int = 1, load_images: Optional[bool] = None,
-                  rank: Optional[int] = None, world_size: Optional[int] = None) -> Optional[InferenceOutput]:
+                  rank: Optional[int] = None, world_size: Optional[int] = None,
+                  strict: bool = False) -> Optional[InferenceOutput]:
     """Run ``detector`` on the frame of every sample (this rank's shard of them).
 
     source: NuScenesSource; cfg: Config (its sync and data sections build the frames)
     drop: channels or 'lidar' / 'camera' / 'radar' removed at inference (``FrameBuilder.build``)
     load_images: decode camera images (default: ``detector.needs_images``, else ``cfg.sync.load_images``)
     rank, world_size: default from torch.distributed when initialized, else 0 and 1
+    strict: an unreadable sensor file raises SensorFileError (else: that sensor absent, recorded)
     Returns everything on rank 0 (gathered), ``None`` on other ranks of a distributed run.
     """
     from ..sync.synchronizer import FrameBuilder
@@ -226,7 +231,7 @@ def run_inference(detector, source, cfg, sample_tokens: Sequence[str], drop: Ite
     mine = shard(list(sample_tokens), rank, world_size)
     nusc = source.nusc
     builders: Dict[str, FrameBuilder] = {}
-    local = InferenceOutput()
+    local = InferenceOutput(problems=FileProblems(strict=strict))
     batch: List[Frame] = []
 
     def flush() -> None:
@@ -251,7 +256,7 @@ def run_inference(detector, source, cfg, sample_tokens: Sequence[str], drop: Ite
     for token in mine:
         scene_token = nusc.get("sample", token)["scene_token"]
         if scene_token not in builders:
-            builders[scene_token] = FrameBuilder(source, scene_token, cfg)
+            builders[scene_token] = FrameBuilder(source, scene_token, cfg, problems=local.problems)
         fb = builders[scene_token]
         batch.append(fb.build(fb.reference_for_sample(token), drop=drop, with_gt=True, load_images=load_images))
         if len(batch) >= batch_size:
@@ -380,11 +385,12 @@ class EvalRun:
     summary: dict
     drop: List[str]
     meta: Dict[str, bool]
+    problems: Optional[FileProblems] = None
 
 
 def evaluate_detector(detector, source, cfg, split: str, out_dir: str, drop: Iterable[str] = (),
                       batch_size: int = 1, render_curves: bool = True,
-                      load_images: Optional[bool] = None) -> Optional[EvalRun]:
+                      load_images: Optional[bool] = None, strict: bool = False) -> Optional[EvalRun]:
     """Inference over the split, export to ``out_dir/results_nusc.json`` and devkit evaluation.
 
     Returns the run on rank 0, ``None`` on the other ranks of a distributed run.
@@ -392,14 +398,15 @@ def evaluate_detector(detector, source, cfg, split: str, out_dir: str, drop: Ite
     detector = as_detector(detector)
     drop = list(drop)
     tokens = split_sample_tokens(source.nusc, split)
-    inf = run_inference(detector, source, cfg, tokens, drop=drop, batch_size=batch_size, load_images=load_images)
+    inf = run_inference(detector, source, cfg, tokens, drop=drop, batch_size=batch_size, load_images=load_images,
+                        strict=strict)
     if inf is None:
         return None
     meta = submission_meta(detector, inf.present)
     path = export.write_results(os.path.join(out_dir, RESULTS_FILE), inf.detections, inf.T_global_from_ego,
                                 meta, sample_tokens=tokens)
     summary = evaluate_results(source.nusc, path, split, out_dir, render_curves=render_curves)
-    return EvalRun(out_dir, path, summary, drop, meta)
+    return EvalRun(out_dir, path, summary, drop, meta, inf.problems)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -54,12 +54,15 @@ def robustness_lines(rows: Sequence[Mapping]) -> List[str]:
 
 
 def write_report(out_dir: str, summary: Mapping, provenance: Mapping[str, object],
-                 robustness: Optional[Sequence[Mapping]] = None, title: str = "Detection evaluation") -> str:
+                 robustness: Optional[Sequence[Mapping]] = None, title: str = "Detection evaluation",
+                 problems=None) -> str:
     """Write ``out_dir/report.md``; returns its path.
 
     provenance: ordered facts shown at the top (config, checkpoint, data root, version, split, mode,
         dropped sensors, results file, submission meta)
     robustness: rows of ``evaluate.robustness_rows`` (None: no robustness section)
+    problems: FileProblems of the inference (None: not recorded, e.g. a results file); a "Data
+        problems" section says what was unreadable (that sensor was absent in that frame)
     """
     from .export import write_text_atomic
 
@@ -68,6 +71,12 @@ def write_report(out_dir: str, summary: Mapping, provenance: Mapping[str, object
         lines.append(f"- {key}: {value if value not in (None, '', []) else '-'}")
     lines += ["", "## Summary (nuScenes detection_cvpr_2019)", ""] + summary_lines(summary)
     lines += ["", "## Per class", ""] + per_class_lines(summary)
+    if problems is not None:
+        lines += ["", "## Data problems", ""]
+        found = problems.summary_lines()
+        lines += (["Unreadable sensor files; each made its sensor absent in that frame (the metrics above "
+                   "include those frames):", ""] + [f"- {line}" for line in found]) if found else \
+            ["Every planned sensor file was read."]
     if robustness is not None:
         lines += ["", "## Robustness to sensor failure", "",
                   "Each row removes the named sensors at inference (the frame builder marks them absent); "

@@ -87,6 +87,7 @@ class ReplaySummary:
     rss_mb_first: float = 0.0
     rss_mb_last: float = 0.0
     reference: str = ""
+    problems: Optional[object] = None  # FileProblems: unreadable files of the replay, per channel
 
 
 def rss_mb() -> float:
@@ -209,7 +210,9 @@ class Player:
         lat = " ".join(f"{k} {times[k] * 1000:.1f}" for k in STAGES if k in times)
         speed = "max speed" if not self.speed else f"x{self.speed:g}"
         line2 = f"latency ms: {lat}  | {fps:.2f} fps ({speed})" + ("  [PAUSED]" if self.paused else "")
-        return [line1, line2]
+        # A sensor absent because its file could not be read: say which file, on screen and in the log
+        bad = [f"{ch} {st.reason}" for ch, st in frame.status.items() if "unreadable" in st.reason]
+        return [line1, line2] + (["unreadable: " + "; ".join(bad)] if bad else [])
 
     # ------------------------------------------------------------------ interactive keys
     def _key_pause(self, vis):
@@ -384,10 +387,12 @@ class Player:
                 frames=n, wall_s=wall, fps=n / wall if wall > 0 else 0.0, renderer=renderer_name,
                 mean_ms={k: 1000 * v / max(n, 1) for k, v in totals.items()}, video=opt.out_video,
                 json=opt.out_json, video_size=video_size, max_buffered=dict(ssync.max_buffered),
-                rss_mb_first=rss_first, rss_mb_last=rss_last, reference=opt.reference)
+                rss_mb_first=rss_first, rss_mb_last=rss_last, reference=opt.reference,
+                problems=self.builder.missing)
             if jlog is not None:
                 jlog.close({"frames": n, "wall_s": round(wall, 3), "fps": round(summary.fps, 3),
                             "renderer": renderer_name, "mean_ms": {k: round(v, 3) for k, v in summary.mean_ms.items()},
                             "max_buffered": summary.max_buffered, "rss_mb_first": round(rss_first, 1),
-                            "rss_mb_last": round(rss_last, 1), "video_fps": video_fps})
+                            "rss_mb_last": round(rss_last, 1), "video_fps": video_fps,
+                            "unreadable_files": self.builder.missing.to_dict()})
         return summary
