@@ -294,7 +294,8 @@ def submission_meta(detector, present: Dict[str, bool]) -> Dict[str, bool]:
 # ---------------------------------------------------------------------------------------------
 def check_results_file(path: str, sample_tokens: Sequence[str], split: str) -> dict:
     """Load a submission and check it against the split's samples before the devkit sees it
-    (the devkit's own check is a bare assertion). Returns the parsed document."""
+    (the devkit's own check is a bare assertion): every sample of the split and no other, at most
+    500 boxes each, every box well-formed (``export.result_box_problem``). Returns the parsed document."""
     if not os.path.isfile(path):
         raise EvalError(f"{path}: results file not found")
     try:
@@ -318,9 +319,17 @@ def check_results_file(path: str, sample_tokens: Sequence[str], split: str) -> d
         raise EvalError(f"{path}: results hold {len(extra)} samples that are not samples of split {split!r} in this "
                         f"data root (first: {extra[0]})")
     for token, boxes in data["results"].items():
+        if not isinstance(boxes, list):
+            raise EvalError(f"{path}: sample {token}: results must be a list of boxes, got {type(boxes).__name__}")
         if len(boxes) > export.MAX_BOXES_PER_SAMPLE:
             raise EvalError(f"{path}: sample {token} has {len(boxes)} boxes; at most "
                             f"{export.MAX_BOXES_PER_SAMPLE} are allowed")
+        # Box by box, before the devkit: it ignores a NaN velocity and scores a negative size
+        # without a word, and its own assertions name neither the sample nor the box.
+        for i, box in enumerate(boxes):
+            problem = export.result_box_problem(box, token)
+            if problem:
+                raise EvalError(f"{path}: sample {token} box {i}: {problem}")
     return data
 
 
@@ -498,36 +507,61 @@ def _state_dict_of(obj) -> Dict:
     return sd
 
 
+def describe_state_dict_mismatch(model, state_dict) -> Optional[str]:
+    """The first way ``state_dict`` does not fit ``model``, in one phrase, or None when it fits.
+
+    Checked in the model's order first (a parameter or buffer missing from ``state_dict``, or there
+    with another shape: both shapes are named), then in ``state_dict``'s order (a key the model does
+    not have). The phrase starts with the key ("parameter 'head.0.weight' has shape ..."), so a
+    caller prefixes the checkpoint path: ``f"{path}: checkpoint does not fit the model: {why}"``.
+    A 'module.' prefix is not removed here (``load_checkpoint_into`` does that when reading a file).
+    """
+    own = model.state_dict()
+    for name, tensor in own.items():
+        if name not in state_dict:
+            return f"parameter {name!r} {tuple(tensor.shape)} is missing from the checkpoint"
+        theirs = state_dict[name]
+        if not hasattr(theirs, "shape"):
+            return f"parameter {name!r} is a {type(theirs).__name__} in the checkpoint, not a tensor"
+        if tuple(theirs.shape) != tuple(tensor.shape):
+            return (f"parameter {name!r} has shape {tuple(theirs.shape)} in the checkpoint, "
+                    f"{tuple(tensor.shape)} in the model")
+    for name, value in state_dict.items():
+        if name not in own:
+            shape = f" {tuple(value.shape)}" if hasattr(value, "shape") else ""
+            return f"parameter {name!r}{shape} is not in the model"
+    return None
+
+
 def load_checkpoint_into(model, path: str) -> dict:
     """Load a checkpoint file into ``model`` after checking that it fits.
 
     Every parameter and buffer of the model must be in the checkpoint with the same shape and the
-    checkpoint may hold nothing else; otherwise ``CheckpointError`` names the first mismatched
-    parameter (in the model's order, then the checkpoint's). Returns the loaded checkpoint object.
+    checkpoint may hold nothing else; otherwise ``CheckpointError`` names the path and the first
+    mismatched parameter (``describe_state_dict_mismatch``). A file that does not load (truncated,
+    not a torch checkpoint) is a ``CheckpointError`` naming the path too. Returns the loaded object.
     """
     import torch
 
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: checkpoint file not found")
+        raise CheckpointError(f"{path}: checkpoint file not found"
+                              + (" (it is a folder)" if os.path.isdir(path) else ""))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many classes
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({e.__class__.__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    sd = _state_dict_of(obj)
-    own = model.state_dict()
-    for name, tensor in own.items():
-        if name not in sd:
-            raise CheckpointError(f"{path}: checkpoint does not fit the model: parameter {name!r} "
-                                  f"{tuple(tensor.shape)} is missing from the checkpoint")
-        if tuple(sd[name].shape) != tuple(tensor.shape):
-            raise CheckpointError(f"{path}: checkpoint does not fit the model: parameter {name!r} has shape "
-                                  f"{tuple(sd[name].shape)} in the checkpoint, {tuple(tensor.shape)} in the model")
-    for name in sd:
-        if name not in own:
-            raise CheckpointError(f"{path}: checkpoint does not fit the model: parameter {name!r} "
-                                  f"{tuple(sd[name].shape)} is not in the model")
-    model.load_state_dict(sd, strict=True)
+        raise CheckpointError(f"{path}: cannot read the checkpoint, truncated or not a torch checkpoint "
+                              f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    try:
+        sd = _state_dict_of(obj)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    why = describe_state_dict_mismatch(model, sd)
+    if why is not None:
+        raise CheckpointError(f"{path}: checkpoint does not fit the model: {why}")
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:  # what the checks above do not cover (a value torch cannot copy in)
+        raise CheckpointError(f"{path}: checkpoint does not fit the model: {str(e).splitlines()[0]}") from None
     return obj
 
 

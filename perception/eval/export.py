@@ -11,13 +11,17 @@ This module is the only place that goes from the ego frame to the global frame f
 ``Boxes3D.transformed`` moves centre, yaw and velocity, ``perception.data.convert.box_row_to_nuscenes``
 reorders the size and builds the quaternion. A box that is not in the ego frame, a label outside
 ``CLASSES``, a non-finite score or a non-positive size is an ``ExportError`` rather than a silently
-wrong file.
+wrong file (a non-finite centre, size or yaw cannot reach here: ``Boxes3D`` refuses it).
+
+``result_box_problem`` is the same contract for a box read back from a submission file (any
+producer's): evaluation refuses a file with a box it flags, naming the sample and the field.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 
@@ -115,6 +119,54 @@ def detections_to_results(detections_by_sample: Mapping[str, Detections],
             })
         results[token] = out
     return results
+
+
+# field -> number of components, for the numeric vector fields of a submission box
+_VECTOR_FIELDS = (("translation", 3), ("size", 3), ("rotation", 4), ("velocity", 2))
+_REQUIRED_FIELDS = ("sample_token",) + tuple(f for f, _ in _VECTOR_FIELDS) + (
+    "detection_name", "detection_score", "attribute_name")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def result_box_problem(box: Any, sample_token: str) -> Optional[str]:
+    """What is wrong with one box of a submission's ``results[sample_token]`` list, or None.
+
+    The text names the field and its value ('velocity [nan, 0.0] is not finite'). Checked: every
+    field of the format is present; translation, size, rotation and velocity are lists of 3, 3, 4, 2
+    finite numbers (Python's json reads NaN and Infinity literals, and the devkit skips a NaN
+    velocity in AVE instead of scoring it); size is positive; rotation is not the zero quaternion;
+    detection_name is one of ``CLASSES``; detection_score is a finite number; attribute_name is one of
+    ``ATTRIBUTES`` or ''; the box's own sample_token is the one it is listed under.
+    """
+    if not isinstance(box, dict):
+        return f"a box must be a mapping of fields, got {type(box).__name__}"
+    missing = [f for f in _REQUIRED_FIELDS if f not in box]
+    if missing:
+        return f"field {missing[0]!r} is missing (a box needs {', '.join(_REQUIRED_FIELDS)})"
+    if box["sample_token"] != sample_token:
+        return f"sample_token {box['sample_token']!r} differs from the sample it is listed under"
+    for name, n in _VECTOR_FIELDS:
+        v = box[name]
+        if not isinstance(v, list) or len(v) != n or not all(_is_number(x) for x in v):
+            return f"{name} must be a list of {n} numbers, got {v!r}"
+        if not all(math.isfinite(x) for x in v):
+            return f"{name} {v!r} is not finite" + (" (write 0 for a box that stands still)"
+                                                    if name == "velocity" else "")
+    if min(box["size"]) <= 0:
+        return f"size {box['size']!r} is not positive (w, l, h in metres)"
+    if not any(box["rotation"]):
+        return f"rotation {box['rotation']!r} is the zero quaternion, not a rotation"
+    if box["detection_name"] not in CLASSES:
+        return f"detection_name {box['detection_name']!r} is not a detection class ({', '.join(CLASSES)})"
+    score = box["detection_score"]
+    if not _is_number(score) or not math.isfinite(score):
+        return f"detection_score {score!r} is not a finite number"
+    if box["attribute_name"] != "" and box["attribute_name"] not in ATTRIBUTES:
+        return f"attribute_name {box['attribute_name']!r} is not a nuScenes attribute (or '')"
+    return None
 
 
 def submission(results: Mapping[str, List[dict]], meta: Mapping[str, bool]) -> dict:
