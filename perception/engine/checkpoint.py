@@ -96,26 +96,12 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def state_dict_mismatch(model: torch.nn.Module, saved: Dict[str, Any]) -> Optional[str]:
-    """The first difference between ``model``'s state dict and ``saved`` in one phrase (a shape
-    mismatch, a key the model lacks, a key the checkpoint lacks), or None when they fit."""
-    own = model.state_dict()
-    for k, v in saved.items():
-        if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape):
-            return f"{k} has shape {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in this model"
-    extra = [k for k in saved if k not in own]
-    if extra:
-        return f"{extra[0]} is in the checkpoint but not in this model ({len(extra)} such keys)"
-    absent = [k for k in own if k not in saved]
-    if absent:
-        return f"{absent[0]} of this model is missing from the checkpoint ({len(absent)} such keys)"
-    return None
-
-
 def load_model_state(model: torch.nn.Module, saved: Dict[str, Any], path: str) -> None:
     """``model.load_state_dict(saved)``, or a one-line CheckpointError naming ``path`` and the first
     mismatching key (a checkpoint of another config)."""
-    why = state_dict_mismatch(model, saved)
+    from ..eval.evaluate import describe_state_dict_mismatch  # one description of a mismatch, eval's too
+
+    why = describe_state_dict_mismatch(model, saved)
     if why is None:
         try:
             model.load_state_dict(saved)
