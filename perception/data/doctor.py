@@ -1,5 +1,8 @@
 """Health check of a recorded drive (``tools/doctor.py``): what is wrong before a GPU-day is spent.
 
+First the raw tables, before the devkit sees them: a malformed table (its file, line and column)
+and every dangling token (the table, the row, the field and the missing target), as the devkit
+cannot index such a root and no scene is checked then.
 Per channel: message count, rate, silent intervals (messages missing from the channel's cadence,
 keyframes without the channel), timestamps off their clock model (LiDAR sweeps off the 20 Hz grid,
 camera images off their LiDAR trigger time), out-of-order or duplicate timestamps along the
@@ -24,7 +27,7 @@ from ..config import Config
 from ..structures import LIDAR_CHANNEL, modality_of
 from ..sync.calibration import CalibrationError, calibration_from_record
 from . import io
-from .nuscenes_source import NuScenesSource
+from .nuscenes_source import NuScenesSource, TableError, dangling_tokens, open_nuscenes, read_tables
 
 # Cadence (periods from _period). A LiDAR spins at a fixed 20 Hz and never skips a sweep on real drives (the shared real
 # scenes: every period within 45-55 ms), so an interval over 1.5 periods is a lost sweep. Radars and
@@ -51,7 +54,7 @@ LIDAR_MIN_POINTS_FRACTION = 0.1
 class Problem:
     kind: str  # missing_file, lidar_size, nonfinite_points, radar_header, unreadable_image, gap,
     #            out_of_order, duplicate_timestamp, pose_time, calibration, sync_mismatch, no_messages,
-    #            lidar_blackout, timestamp_jitter
+    #            lidar_blackout, timestamp_jitter, malformed_table, dangling_token
     scene: str
     channel: str
     where: str  # the file or record (table + token) it concerns
@@ -60,6 +63,8 @@ class Problem:
     count: Optional[int] = None  # messages concerned (lost, empty or off their clock model)
 
     def line(self) -> str:
+        if not self.scene and not self.channel:  # a table problem: of the root, not of a scene
+            return f"{self.where}: {self.message}"
         return f"{self.scene} {self.channel or '-'} {self.where}: {self.message}"
 
 
@@ -383,14 +388,37 @@ def _lidar_blackouts(lidar_points, scene_name: str) -> List[Problem]:
 
 def run_doctor(dataroot: str, version: str, cfg: Config, scene: Optional[str] = None,
                keyframes_only: bool = False) -> Dict:
-    """Check every scene of a root (or one); returns a JSON-ready report with a 'problems' list."""
-    source = NuScenesSource(dataroot, version, radar_default_filters=cfg.sync.radar_default_filters)
-    names = [source.scene(scene)["name"]] if scene else source.scene_names()
+    """Check every scene of a root (or one); returns a JSON-ready report with a 'problems' list.
+
+    The raw tables are checked first: a malformed table or dangling tokens are the report's problems
+    (every dangling token, one each) and no scene is checked, as the devkit cannot index such a root.
+    Raises DataRootError for a root, version folder or table that is not there, or an unknown scene."""
     report = {"dataroot": os.path.abspath(dataroot), "version": version, "keyframes_only": keyframes_only,
               "scenes": {}, "keyframes": {}, "problems": []}
+    try:
+        tables = read_tables(dataroot, version)
+    except TableError as e:
+        report["problems"].append(_table_problem("malformed_table", e.path, e.problems[0][len(e.path) + 2:]))
+        return report
+    dangling = dangling_tokens(tables)
+    if dangling:
+        # Dicts built directly (not asdict): a systematically broken table of full nuScenes is millions.
+        report["problems"].extend(_table_problem("dangling_token", *ln.split(": ", 1)) for ln in dangling)
+        return report
+    source = NuScenesSource(dataroot, version, nusc=open_nuscenes(dataroot, version, tables=tables),
+                            radar_default_filters=cfg.sync.radar_default_filters)
+    names = [source.scene(scene)["name"]] if scene else source.scene_names()
     for name in names:
         res = check_scene(source, name, cfg, keyframes_only)
         report["scenes"][name] = {"channels": res["channels"], "num_keyframes": len(res["keyframes"])}
         report["keyframes"].update(res["keyframes"])
         report["problems"].extend(asdict(p) | {"line": p.line()} for p in res["problems"])
     return report
+
+
+def _table_problem(kind: str, where: str, message: str) -> Dict:
+    """The report entry of a problem of the tables (no scene or channel): where is the file or
+    ``<table>.json row <token>``."""
+    p = Problem(kind, "", "", where, message)
+    return {"kind": kind, "scene": "", "channel": "", "where": where, "message": message, "interval": None,
+            "count": None, "line": p.line()}

@@ -8,6 +8,7 @@ the synchronizer, the ego-pose stream, and the validated sensor rig. Files are r
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -71,22 +72,148 @@ class SceneIndex:
     sample_tokens: List[str]  # keyframes in time order
 
 
-def open_nuscenes(dataroot: str, version: str, verbose: bool = False):
-    """``NuScenes(version, dataroot)`` with a one-line error for a bad root or version."""
-    from nuscenes.nuscenes import NuScenes
+# The tables the devkit loads, each of them required (it opens every one), and the optional ones it
+# loads when present.
+DEVKIT_TABLES = ("category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor", "ego_pose",
+                 "log", "scene", "sample", "sample_data", "sample_annotation", "map")
+OPTIONAL_TABLES = ("lidarseg", "panoptic", "image_annotations")
+# Foreign keys whose target table is not their name less "_token" / "_tokens" (None: the row's own table).
+IRREGULAR_KEYS = {"prev": None, "next": None,
+                  "first_sample_token": "sample", "last_sample_token": "sample",
+                  "first_annotation_token": "sample_annotation", "last_annotation_token": "sample_annotation"}
 
+
+class TableError(DataRootError):
+    """The tables of a root are broken (malformed JSON, dangling tokens): a problem in the data rather
+    than in the arguments. ``problems`` holds every one as a line (the message names the first);
+    ``path`` is the table file of a table that cannot be read, else None."""
+
+    def __init__(self, message: str, problems: List[str], path: Optional[str] = None):
+        super().__init__(message)
+        self.problems = problems
+        self.path = path
+
+
+def read_tables(dataroot: str, version: str) -> Dict[str, list]:
+    """The raw JSON tables of a root, {name: rows}, read once (``open_nuscenes`` hands them to the
+    devkit). Raises DataRootError for a missing root, version folder or table, TableError for a
+    table that is not JSON (naming the file and the line and column) or not a list of records with
+    tokens."""
     table_dir = os.path.join(dataroot, version)
     if not os.path.isdir(dataroot):
         raise DataRootError(f"{dataroot}: data root not found")
     if not os.path.isdir(table_dir):
         have = sorted(d for d in os.listdir(dataroot) if d.startswith("v1.0"))
         raise DataRootError(f"{table_dir}: version folder not found (versions here: {', '.join(have) or 'none'})")
-    for table in ("scene", "sample", "sample_data", "ego_pose", "calibrated_sensor", "sensor"):
+    names = list(DEVKIT_TABLES)
+    for table in DEVKIT_TABLES:
         if not os.path.isfile(os.path.join(table_dir, table + ".json")):
             raise DataRootError(f"{os.path.join(table_dir, table + '.json')}: table missing")
+    names += [t for t in OPTIONAL_TABLES if os.path.isfile(os.path.join(table_dir, t + ".json"))]
+    tables = {}
+    for table in names:
+        path = os.path.join(table_dir, table + ".json")
+        try:
+            with open(path, "rb") as f:
+                rows = json.loads(f.read())
+        except json.JSONDecodeError as e:
+            line = f"{path}: malformed JSON at line {e.lineno} column {e.colno} ({e.msg})"
+            raise TableError(line, [line], path) from None
+        except UnicodeDecodeError as e:
+            line = f"{path}: not UTF-8 text (byte {e.start})"
+            raise TableError(line, [line], path) from None
+        except OSError as e:
+            raise DataRootError(f"{path}: unreadable ({e.strerror or e})") from None
+        bad = None
+        if not isinstance(rows, list):
+            bad = f"{path}: not a list of records (a JSON {type(rows).__name__})"
+        else:
+            i = next((i for i, r in enumerate(rows) if type(r) is not dict or type(r.get("token")) is not str), None)
+            if i is not None:
+                bad = f"{path}: record {i} is not an object with a string 'token'"
+        if bad:
+            raise TableError(bad, [bad], path)
+        tables[table] = rows
+    return tables
+
+
+def dangling_tokens(tables: Dict[str, list]) -> List[str]:
+    """Every reference to a record that does not exist, one line each, e.g. ``sample_data.json row
+    T: ego_pose_token X not in ego_pose.json``. Foreign keys are the fields named ``<table>_token``
+    or ``<table>_tokens`` (a list) of a loaded table, plus IRREGULAR_KEYS; an empty token is no
+    reference (the ends of prev/next chains). Also every log no map lists in its ``log_tokens``: the
+    devkit's log -> map index fails on it. One pass per foreign key over sets of tokens (full
+    nuScenes: 2.6M sample_data rows, a few seconds)."""
+    tokens = {name: {r["token"] for r in rows} for name, rows in tables.items()}
+    out: List[str] = []
+    for name, rows in tables.items():
+        fields = sorted(set().union(*rows) - {"token"}) if rows else []
+        for field in fields:
+            if field in IRREGULAR_KEYS:
+                target = IRREGULAR_KEYS[field] or name
+            elif field.endswith("_token"):
+                target = field[:-len("_token")]
+            elif field.endswith("_tokens"):
+                target = field[:-len("_tokens")]
+            else:
+                continue
+            if target not in tokens:
+                continue  # a *_token field of no table we know (e.g. an extension's): nothing to check against
+            have = tokens[target]
+            if field.endswith("_tokens"):
+                for r in rows:
+                    refs = r.get(field) or []
+                    for v in (refs if isinstance(refs, list) else [refs]):
+                        if v and (type(v) is not str or v not in have):
+                            out.append(f"{name}.json row {r['token']}: {field} entry {v} not in {target}.json")
+            else:
+                for r in rows:
+                    v = r.get(field)
+                    if v and (type(v) is not str or v not in have):
+                        out.append(f"{name}.json row {r['token']}: {field} {v} not in {target}.json")
+    if "log" in tables and "map" in tables:
+        mapped = set()
+        for m in tables["map"]:
+            refs = m.get("log_tokens") or []
+            if isinstance(refs, list):
+                mapped.update(t for t in refs if type(t) is str)
+        for r in tables["log"]:
+            if r["token"] not in mapped:
+                out.append(f"log.json row {r['token']}: no map.json row lists it in log_tokens")
+    return out
+
+
+def check_tables(tables: Dict[str, list], table_dir: str = "") -> None:
+    """Raise TableError naming the first dangling token (its table file under table_dir) and how
+    many more there are; ``problems`` lists them all."""
+    lines = dangling_tokens(tables)
+    if lines:
+        more = f" (and {len(lines) - 1} more dangling token{'s' if len(lines) > 2 else ''})" if len(lines) > 1 else ""
+        raise TableError(os.path.join(table_dir, lines[0]) + more, lines)
+
+
+def open_nuscenes(dataroot: str, version: str, verbose: bool = False, tables: Optional[Dict[str, list]] = None):
+    """``NuScenes(version, dataroot)`` with a one-line error for a bad root, version or table.
+
+    The tables are read and checked here first (or taken from ``tables``, as ``read_tables`` gives
+    them) and handed to the devkit without reading them again: the devkit's reverse indices fail
+    with a bare KeyError on a dangling token, and its JSON errors do not name the file."""
+    from nuscenes.nuscenes import NuScenes
+
+    if tables is None:
+        tables = read_tables(dataroot, version)
+    table_dir = os.path.join(dataroot, version)
+    check_tables(tables, table_dir)
+
+    class PreloadedNuScenes(NuScenes):
+        def __load_table__(self, table_name):  # not name-mangled: trailing underscores
+            if table_name in tables:
+                return tables[table_name]
+            return super().__load_table__(table_name)
+
     try:
-        return NuScenes(version=version, dataroot=dataroot, verbose=verbose)
-    except (AssertionError, KeyError, ValueError, OSError) as e:
+        return PreloadedNuScenes(version=version, dataroot=dataroot, verbose=verbose)
+    except (AssertionError, KeyError, ValueError, OSError, IndexError) as e:
         raise DataRootError(f"{table_dir}: the devkit cannot load this root ({e.__class__.__name__}: {e})") from None
 
 
