@@ -166,6 +166,11 @@ class CameraEncoderConfig:
     feature_stride: stride of the image features that are lifted (8 or 16)
     depth_bins: (min, max, step) metres of the depth distribution's bins
     channels: context channels per lifted point
+    camera_aware: condition the depth net on each camera's intrinsics, image augmentation and
+        mounting (BEVDepth's camera-aware depth net); false = BEVFusion's plain 1x1 depth conv
+    depth_loss_weight: weight of the LiDAR-supervised depth loss (cross-entropy over the depth bins on
+        feature cells a LiDAR point falls in; BEVDepth uses 3.0); 0 = no depth supervision. The
+        LiDAR is a training signal only, never an input of the camera encoder.
     """
 
     image_size: List[int] = field(default_factory=lambda: [256, 704])
@@ -175,6 +180,8 @@ class CameraEncoderConfig:
     feature_stride: int = 16
     depth_bins: List[float] = field(default_factory=lambda: [1.0, 60.0, 1.0])
     channels: int = 80
+    camera_aware: bool = True
+    depth_loss_weight: float = 3.0
 
     def validate(self, where: str) -> None:
         # checked before unpacking below: a short list would otherwise end in a bare unpacking error
@@ -188,6 +195,8 @@ class CameraEncoderConfig:
                               f"got {self.backbone!r}")
         if self.feature_stride not in (8, 16):
             raise ConfigError(f"{where}: model.camera.feature_stride must be 8 or 16")
+        if not (self.depth_loss_weight >= 0):
+            raise ConfigError(f"{where}: model.camera.depth_loss_weight must be >= 0, got {self.depth_loss_weight}")
         lo, hi, step = self.depth_bins
         if not (0 < lo < hi and step > 0):
             raise ConfigError(f"{where}: model.camera.depth_bins must be (min > 0, max > min, step > 0)")

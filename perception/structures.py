@@ -287,6 +287,8 @@ class Batch:
     gt_boxes: B x float32[K_i, 9] (x, y, z, l, w, h, yaw, vx, vy), ego frame; None at inference
     gt_labels: B x int64[K_i] class ids; gt_attributes: B x int64[K_i] attribute ids or -1
     sample_tokens, timestamps: per sample; T_global_from_ego: float64[B, 4, 4]
+    depth_targets: float32[B, N, fH, fW] nearest LiDAR depth (camera z, metres) per camera feature cell,
+        0 = no point; a training / evaluation signal only, never an encoder input; None without cameras
     """
 
     lidar_points: list
@@ -304,6 +306,7 @@ class Batch:
     sample_tokens: List[str] = field(default_factory=list)
     timestamps: List[int] = field(default_factory=list)
     T_global_from_ego: Optional[np.ndarray] = None
+    depth_targets: Optional[object] = None
 
     @property
     def batch_size(self) -> int:
@@ -321,4 +324,5 @@ class Batch:
         return Batch(mv(self.lidar_points), mv(self.radar_points), mv(self.images), mv(self.intrinsics),
                      mv(self.img_aug), mv(self.T_ego_from_cam), mv(self.camera_mask), mv(self.modality_mask),
                      mv(self.ego_velocity), mv(self.gt_boxes), mv(self.gt_labels), mv(self.gt_attributes),
-                     list(self.sample_tokens), list(self.timestamps), self.T_global_from_ego)
+                     list(self.sample_tokens), list(self.timestamps), self.T_global_from_ego,
+                     mv(self.depth_targets))

@@ -253,9 +253,10 @@ def ring_rig(B, N=6):
     return (K.expand(B, N, 3, 3).clone(), A.expand(B, N, 3, 3).clone(), T.expand(B, N, 4, 4).clone())
 
 
-def tiny_encoder(seed=0):
+def tiny_encoder(seed=0, camera_aware=True):
     torch.manual_seed(seed)
-    return LiftSplatEncoder(resnet18(8), 16, (1.0, 50.0, 2.0), 8, 16, (64, 176), RANGE, [0.8, 0.8, 8.0], 2, 16)
+    return LiftSplatEncoder(resnet18(8), 16, (1.0, 50.0, 2.0), 8, 16, (64, 176), RANGE, [0.8, 0.8, 8.0], 2, 16,
+                            camera_aware=camera_aware)
 
 
 def tiny_config():
@@ -309,8 +310,9 @@ def test_sample_without_cameras_is_zero_and_others_unaffected():
     torch.testing.assert_close(both[0], alone[0], rtol=1e-5, atol=1e-5)
 
 
-def test_gradients_reach_backbone_and_depth_net():
-    enc = tiny_encoder().train()
+@pytest.mark.parametrize("camera_aware", [True, False])
+def test_gradients_reach_backbone_and_depth_net(camera_aware):
+    enc = tiny_encoder(camera_aware=camera_aware).train()
     images, K, A, T = inputs(2)
     mask = torch.ones(2, 6, dtype=torch.bool)
     mask[1, :3] = False
@@ -318,9 +320,17 @@ def test_gradients_reach_backbone_and_depth_net():
     weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
     (out * weight).sum().backward()
     D = enc.num_depth
-    g = enc.depth_net.weight.grad
-    assert g[:D].abs().sum() > 0, "no gradient into the depth logits"
-    assert g[D:].abs().sum() > 0, "no gradient into the context"
+    net = enc.depth_net
+    if camera_aware:
+        depth_g, context_g = net.depth_out.weight.grad, net.context_out.weight.grad
+        # the camera conditioning learns: both gates (depth and context halves) get gradient
+        mlp_g = net.mlp[-1].weight.grad
+        C = net.context_out.weight.shape[1]
+        assert mlp_g[:C].abs().sum() > 0 and mlp_g[C:].abs().sum() > 0, "no gradient into the camera gates"
+    else:
+        depth_g, context_g = net.out.weight.grad[:D], net.out.weight.grad[D:]
+    assert depth_g.abs().sum() > 0, "no gradient into the depth logits"
+    assert context_g.abs().sum() > 0, "no gradient into the context"
     assert enc.backbone.conv1.weight.grad.abs().sum() > 0
     assert enc.backbone.layer4[1].conv2.weight.grad.abs().sum() > 0
     assert enc.neck.lateral[0].weight.grad.abs().sum() > 0

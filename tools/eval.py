@@ -99,7 +99,7 @@ def main(argv=None) -> int:
             summary = ev.evaluate_results(source.nusc, os.path.abspath(args.results), args.split, out,
                                           render_curves=render)
             results_path, meta, drop, rows = os.path.abspath(args.results), None, [], None
-            problems = None
+            problems = depth = None
             mode_text = "results file"
         else:
             if args.oracle:
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
             if run is None:  # not rank 0
                 return 0
             summary, results_path, meta, drop = run.summary, run.results_path, run.meta, run.drop
-            problems = run.problems
+            problems, depth = run.problems, run.depth
         if rank != 0:
             return 0
         provenance = {
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
             "sensors dropped": ", ".join(drop) or "none",
             "submission meta": ", ".join(k for k, v in (summary.get("meta") or meta or {}).items() if v) or "none",
         }
-        report = write_report(out, summary, provenance, robustness=rows, problems=problems)
+        report = write_report(out, summary, provenance, robustness=rows, problems=problems, depth=depth)
     except (ev.EvalError, ExportError, ConfigError, DataRootError, CalibrationError, PoseError, SensorFileError,
             TrainCheckpointError, OSError) as e:
         print(f"eval: {one_line(e)}", file=sys.stderr)
@@ -144,6 +144,9 @@ def main(argv=None) -> int:
             dist.destroy_process_group()
     for line in (problems.summary_lines() if problems is not None else []):
         print(f"eval: data problems: {line}", file=sys.stderr)
+    if depth is not None:
+        d = depth["all"]
+        print(f"camera depth: AbsRel {d['abs_rel']:.4f}  RMSE {d['rmse']:.3f} m  delta<1.25 {d['delta1']:.4f}")
     print(f"mAP {summary['mean_ap']:.4f}  NDS {summary['nd_score']:.4f}  report: {report}"
           + (f"  ({problems.total()} unreadable file(s): see report)" if problems else ""))
     return 0

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..config import Config
+from ..ops.depth_targets import depth_target_maps
 from ..structures import IMAGE_MEAN, IMAGE_STD, Batch, Frame
 
 
@@ -40,6 +41,8 @@ class Sample:
     # FileProblems of the files this sample could not read (training carries it from the loader
     # workers to the trainer's run summary); None when not recorded
     problems: Optional[object] = None
+    # float32[N, fH, fW] nearest LiDAR depth per camera feature cell (0 = none); None without cameras
+    depth_targets: Optional[torch.Tensor] = None
 
 
 def resize_crop_matrix(width: int, height: int, out_hw: Sequence[int], flip: bool = False,
@@ -99,6 +102,16 @@ def frame_to_sample(frame: Frame, cfg: Config, image_aug: Optional[Sequence[np.n
             images[i] = (warp_image(cam.image, aug[i], (Hn, Wn)) - mean) / std
             cmask[i] = True
     lidar_ok = frame.status.get("LIDAR_TOP") is not None and frame.status["LIDAR_TOP"].present
+    depth = None
+    if cfg.model.use_camera:
+        # Training signal (and eval metric) only: built from the reference sweep (time lag 0, no
+        # motion-compensation smear of moving objects) with the very K, T and img_aug of the lift.
+        ref = frame.lidar_points[frame.lidar_points[:, 5] == 0] if lidar_ok else frame.lidar_points[:0]
+        depth = torch.from_numpy(depth_target_maps(ref, K, T, aug, cmask, (Hn, Wn), cfg.model.camera.feature_stride))
+    lidar_points = frame.lidar_points
+    if not cfg.model.use_lidar:
+        # loaded for the depth targets only: the model without a LiDAR encoder never sees them
+        lidar_points, lidar_ok = lidar_points[:0], False
     modality = np.array([lidar_ok, bool(cmask.any()), frame.present("radar")])
 
     gt_boxes = gt_labels = gt_attrs = None
@@ -111,17 +124,18 @@ def frame_to_sample(frame: Frame, cfg: Config, image_aug: Optional[Sequence[np.n
         gt_boxes = torch.from_numpy(g.boxes.astype(np.float32))
         gt_labels = torch.from_numpy(g.labels)
         gt_attrs = torch.from_numpy(g.attributes)
-    return Sample(torch.from_numpy(frame.lidar_points), torch.from_numpy(frame.radar_points),
+    return Sample(torch.from_numpy(lidar_points), torch.from_numpy(frame.radar_points),
                   torch.from_numpy(images), torch.from_numpy(K.astype(np.float32)),
                   torch.from_numpy(aug.astype(np.float32)), torch.from_numpy(T.astype(np.float32)),
                   torch.from_numpy(cmask), torch.from_numpy(modality),
                   torch.from_numpy(frame.ego_velocity.astype(np.float32)), gt_boxes, gt_labels, gt_attrs,
-                  frame.sample_token, frame.timestamp, frame.T_global_from_ego)
+                  frame.sample_token, frame.timestamp, frame.T_global_from_ego, depth_targets=depth)
 
 
 def collate(samples: List[Sample]) -> Batch:
     """Stack samples into a Batch (point clouds stay per-sample lists)."""
     has_gt = all(s.gt_boxes is not None for s in samples)
+    has_depth = all(s.depth_targets is not None for s in samples)
     return Batch(
         lidar_points=[s.lidar_points for s in samples], radar_points=[s.radar_points for s in samples],
         images=torch.stack([s.images for s in samples]), intrinsics=torch.stack([s.intrinsics for s in samples]),
@@ -134,4 +148,5 @@ def collate(samples: List[Sample]) -> Batch:
         gt_labels=[s.gt_labels for s in samples] if has_gt else None,
         gt_attributes=[s.gt_attributes for s in samples] if has_gt else None,
         sample_tokens=[s.sample_token for s in samples], timestamps=[s.timestamp for s in samples],
-        T_global_from_ego=np.stack([s.T_global_from_ego for s in samples]))
+        T_global_from_ego=np.stack([s.T_global_from_ego for s in samples]),
+        depth_targets=torch.stack([s.depth_targets for s in samples]) if has_depth else None)

@@ -137,7 +137,9 @@ class TrainDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.max_retries = max_retries
         m = cfg.model
-        self.drop = [name for name, used in (("lidar", m.use_lidar), ("camera", m.use_camera),
+        # A camera model reads the LiDAR even without a LiDAR encoder: its depth targets come from it
+        # (frame_to_sample keeps the points away from the model).
+        self.drop = [name for name, used in (("lidar", m.use_lidar or m.use_camera), ("camera", m.use_camera),
                                              ("radar", m.use_radar)) if not used]
         self.load_images = cfg.sync.load_images and m.use_camera
         self.strict = strict  # an unreadable file or a sample that fails to load is an error
@@ -259,7 +261,8 @@ class LoadedBatch:
         return LoadedBatch(Batch(pin(b.lidar_points), pin(b.radar_points), pin(b.images), pin(b.intrinsics),
                                  pin(b.img_aug), pin(b.T_ego_from_cam), pin(b.camera_mask), pin(b.modality_mask),
                                  pin(b.ego_velocity), pin(b.gt_boxes), pin(b.gt_labels), pin(b.gt_attributes),
-                                 b.sample_tokens, b.timestamps, b.T_global_from_ego), self.problems)
+                                 b.sample_tokens, b.timestamps, b.T_global_from_ego, pin(b.depth_targets)),
+                           self.problems)
 
 
 def collate_samples(samples: List[Sample]) -> LoadedBatch:

@@ -46,7 +46,9 @@ from .distributed import (DistInfo, all_gather_objects, all_reduce_mean, barrier
 
 log = logging.getLogger(__name__)
 
-LOSS_KEYS = ("heatmap", "offset", "height", "size", "yaw", "velocity", "attribute", "total")
+LOSS_KEYS = ("heatmap", "offset", "height", "size", "yaw", "velocity", "attribute", "depth", "total")
+# Logged beside the losses (detached, rank 0's batch; present when the batch has depth targets).
+METRIC_KEYS = ("depth_abs_rel", "depth_rmse", "depth_delta1")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -127,25 +129,38 @@ def compute_losses(model: torch.nn.Module, bare, batch, reduction: str) -> Dict[
 
     reduction 'sample': every term is the mean over the samples of the head's loss of that sample
     alone; 'batch': the head's loss over the whole batch (its normalizers count the batch's objects).
+    The camera's depth term (``FusionDetector.depth_terms``) is added to the total; the depth metrics
+    of the batch ride along as detached 'depth_<metric>' entries (not part of the total).
     """
     if batch.gt_boxes is None:
         raise ValueError("training needs ground truth in every batch")
-    preds = model(batch)
+    preds, depth = model(batch, return_depth=True)
     targets = bare.head.targets(batch.gt_boxes, batch.gt_labels, batch.gt_attributes)
     if reduction == "batch":
-        return bare.head.loss(preds, targets)
-    B = batch.batch_size
-    total: Dict[str, torch.Tensor] = {}
-    for b in range(B):
-        p_b = [{k: _slice(v, b) for k, v in p.items()} for p in preds]
-        fields = {}
-        for f in dataclasses.fields(targets):
-            v = getattr(targets, f.name)
-            fields[f.name] = [_slice(h, b) for h in v] if isinstance(v, list) else _slice(v, b)
-        terms = bare.head.loss(p_b, type(targets)(**fields))
-        for k, v in terms.items():
-            total[k] = total[k] + v if k in total else v
-    return {k: v / B for k, v in total.items()}
+        total = bare.head.loss(preds, targets)
+    else:
+        B = batch.batch_size
+        total = {}
+        for b in range(B):
+            p_b = [{k: _slice(v, b) for k, v in p.items()} for p in preds]
+            fields = {}
+            for f in dataclasses.fields(targets):
+                v = getattr(targets, f.name)
+                fields[f.name] = [_slice(h, b) for h in v] if isinstance(v, list) else _slice(v, b)
+            terms = bare.head.loss(p_b, type(targets)(**fields))
+            for k, v in terms.items():
+                total[k] = total[k] + v if k in total else v
+        total = {k: v / B for k, v in total.items()}
+    for k, v in bare.depth_terms(depth, batch, reduction).items():
+        total[k] = v
+        total["total"] = total["total"] + v
+    if depth is not None and batch.depth_targets is not None:
+        from ..models.camera.depth import batch_depth_metrics
+
+        metrics = batch_depth_metrics(depth, batch.depth_targets, bare.camera.depth_bins)
+        for k, v in (metrics or {}).items():
+            total[f"depth_{k}"] = torch.tensor(v, device=total["total"].device)
+    return total
 
 
 def _autocast(amp: str, device: torch.device):
@@ -184,6 +199,8 @@ class _Logger:
             s = rec["step"]
             for k, v in rec["loss"].items():
                 self.tb.add_scalar(f"loss/{k}", v, s)
+            for k, v in rec.get("metrics", {}).items():
+                self.tb.add_scalar(f"metrics/{k}", v, s)
             self.tb.add_scalar("lr", rec["lr"], s)
             self.tb.add_scalar("throughput/samples_per_s", rec["samples_per_s"], s)
             self.tb.add_scalar("time/data_s", rec["data_time_s"], s)
@@ -414,6 +431,7 @@ def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: 
                 with _autocast(t.amp, device):
                     terms = compute_losses(ddp, bare, batch, t.loss_reduction)
                 keys = [k for k in LOSS_KEYS if k in terms]
+                metric_keys = [k for k in METRIC_KEYS if k in terms]
                 flag = 1.0 if stop["signal"] is not None else 0.0
                 values = torch.stack([terms[k].detach().float() for k in keys]
                                      + [torch.tensor(flag, device=device)])
@@ -445,6 +463,8 @@ def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: 
                 step += 1
                 batch_in_epoch += 1
                 loss_vals = dict(zip(keys, values[:-1].tolist()))
+                # this rank's batch only: a diagnostic, and ranks may differ in which they have
+                metric_vals = {k: float(terms[k]) for k in metric_keys}
                 losses.append(loss_vals["total"])
                 window["data"] += t_data
                 window["compute"] += t_compute
@@ -455,7 +475,7 @@ def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: 
                 if step % t.log_every == 0 or step == total_steps:
                     wt = window["data"] + window["compute"]
                     logger.record({"step": step, "epoch": epoch, "batch": batch_in_epoch, "lr": lr,
-                                   "loss": loss_vals, "grad_norm": gnorm,
+                                   "loss": loss_vals, "grad_norm": gnorm, "metrics": metric_vals,
                                    "samples_per_s": window["samples"] / max(wt, 1e-9),
                                    "data_time_s": window["data"] / window["n"],
                                    "compute_time_s": window["compute"] / window["n"],

@@ -196,9 +196,17 @@ class InferenceOutput:
     T_global_from_ego: Dict[str, np.ndarray] = field(default_factory=dict)
     present: Dict[str, bool] = field(default_factory=lambda: {m: False for m in MODALITIES})
     problems: FileProblems = field(default_factory=FileProblems)  # unreadable files (sensor absent there)
+    # camera depth metrics against the LiDAR (models.camera.depth.DepthStats); None: the detector has none
+    depth: Optional[object] = None
 
     def merge(self, other: "InferenceOutput") -> None:
         self.problems.merge(other.problems)
+        if other.depth is not None:
+            if self.depth is None:
+                from ..models.camera.depth import DepthStats
+
+                self.depth = DepthStats()
+            self.depth.merge(other.depth)
         self.detections.update(other.detections)
         self.T_global_from_ego.update(other.T_global_from_ego)
         for m in MODALITIES:
@@ -233,6 +241,8 @@ def run_inference(detector, source, cfg, sample_tokens: Sequence[str], drop: Ite
     builders: Dict[str, FrameBuilder] = {}
     local = InferenceOutput(problems=FileProblems(strict=strict))
     batch: List[Frame] = []
+    if hasattr(detector, "reset_depth_stats"):
+        detector.reset_depth_stats()
 
     def flush() -> None:
         if not batch:
@@ -262,6 +272,7 @@ def run_inference(detector, source, cfg, sample_tokens: Sequence[str], drop: Ite
         if len(batch) >= batch_size:
             flush()
     flush()
+    local.depth = getattr(detector, "depth_stats", None)
 
     if world_size > 1 and (dist_world > 1):
         import torch.distributed as dist
@@ -395,6 +406,7 @@ class EvalRun:
     drop: List[str]
     meta: Dict[str, bool]
     problems: Optional[FileProblems] = None
+    depth: Optional[dict] = None  # DepthStats.summary() of the camera depth, None when not measured
 
 
 def evaluate_detector(detector, source, cfg, split: str, out_dir: str, drop: Iterable[str] = (),
@@ -415,7 +427,8 @@ def evaluate_detector(detector, source, cfg, split: str, out_dir: str, drop: Ite
     path = export.write_results(os.path.join(out_dir, RESULTS_FILE), inf.detections, inf.T_global_from_ego,
                                 meta, sample_tokens=tokens)
     summary = evaluate_results(source.nusc, path, split, out_dir, render_curves=render_curves)
-    return EvalRun(out_dir, path, summary, drop, meta, inf.problems)
+    depth = inf.depth.summary(cfg.data.cameras) if inf.depth is not None else None
+    return EvalRun(out_dir, path, summary, drop, meta, inf.problems, depth)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,6 +588,9 @@ class ModelDetector:
         self.model, self.cfg = model, cfg
         self.modalities = tuple(getattr(model, "modalities", MODALITIES))
         self.needs_images = "camera" in self.modalities
+        # camera depth against the LiDAR targets, accumulated over one run_inference
+        self.measures_depth = self.needs_images and hasattr(model, "predict_with_depth")
+        self.depth_stats = None
         params = list(model.parameters())
         self.device = params[0].device if params else torch.device("cpu")
 
@@ -584,7 +600,18 @@ class ModelDetector:
         batch = collate([frame_to_sample(f, self.cfg) for f in frames])
         if hasattr(batch, "to"):
             batch = batch.to(self.device)
-        return list(self.model.predict(batch))
+        if not self.measures_depth or getattr(batch, "depth_targets", None) is None:
+            return list(self.model.predict(batch))
+        from ..models.camera.depth import DepthStats
+
+        dets, depth = self.model.predict_with_depth(batch)
+        if self.depth_stats is None:
+            self.depth_stats = DepthStats()
+        self.depth_stats.add(depth, batch.depth_targets, self.model.camera.depth_bins)
+        return list(dets)
+
+    def reset_depth_stats(self) -> None:
+        self.depth_stats = None
 
 
 def build_detector(cfg, checkpoint: str) -> ModelDetector:

@@ -44,6 +44,18 @@ def per_class_lines(summary: Mapping) -> List[str]:
     return lines
 
 
+def depth_lines(depth: Mapping) -> List[str]:
+    """Markdown table of a ``DepthStats.summary()``: one row per camera and one for all."""
+    lines = ["| camera | AbsRel | RMSE (m) | delta < 1.25 | cells |", "| --- | --- | --- | --- | --- |"]
+    rows = list(depth.get("per_camera", {}).items()) + [("all", depth["all"])]
+    for name, m in rows:
+        if m is None:
+            lines.append(f"| {name} | - | - | - | 0 |")
+        else:
+            lines.append(f"| {name} | {m['abs_rel']:.4f} | {m['rmse']:.3f} | {m['delta1']:.4f} | {m['cells']} |")
+    return lines
+
+
 def robustness_lines(rows: Sequence[Mapping]) -> List[str]:
     lines = ["| failure | dropped | mAP | NDS | mAP / all sensors | NDS / all sensors |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -55,7 +67,7 @@ def robustness_lines(rows: Sequence[Mapping]) -> List[str]:
 
 def write_report(out_dir: str, summary: Mapping, provenance: Mapping[str, object],
                  robustness: Optional[Sequence[Mapping]] = None, title: str = "Detection evaluation",
-                 problems=None) -> str:
+                 problems=None, depth: Optional[Mapping] = None) -> str:
     """Write ``out_dir/report.md``; returns its path.
 
     provenance: ordered facts shown at the top (config, checkpoint, data root, version, split, mode,
@@ -63,6 +75,7 @@ def write_report(out_dir: str, summary: Mapping, provenance: Mapping[str, object
     robustness: rows of ``evaluate.robustness_rows`` (None: no robustness section)
     problems: FileProblems of the inference (None: not recorded, e.g. a results file); a "Data
         problems" section says what was unreadable (that sensor was absent in that frame)
+    depth: ``DepthStats.summary()`` of the camera branch against the LiDAR (None: no "Camera depth" section)
     """
     from .export import write_text_atomic
 
@@ -77,6 +90,11 @@ def write_report(out_dir: str, summary: Mapping, provenance: Mapping[str, object
         lines += (["Unreadable sensor files; each made its sensor absent in that frame (the metrics above "
                    "include those frames):", ""] + [f"- {line}" for line in found]) if found else \
             ["Every planned sensor file was read."]
+    if depth is not None:
+        lines += ["", "## Camera depth", "",
+                  "Expected depth of the camera branch's depth distribution against the nearest LiDAR depth "
+                  "of the same feature cell (reference sweep, cells inside the depth bins); the LiDAR is only "
+                  "the yardstick here, never a camera input.", ""] + depth_lines(depth)
     if robustness is not None:
         lines += ["", "## Robustness to sensor failure", "",
                   "Each row removes the named sensors at inference (the frame builder marks them absent); "

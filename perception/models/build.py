@@ -18,4 +18,5 @@ def build_model(cfg: Config) -> FusionDetector:
         from .camera.lss import build_camera_encoder
 
         camera = build_camera_encoder(cfg)
-    return FusionDetector(lidar, camera, radar, build_fusion(cfg), build_head(cfg))
+    return FusionDetector(lidar, camera, radar, build_fusion(cfg), build_head(cfg),
+                          depth_loss_weight=m.camera.depth_loss_weight)

@@ -17,12 +17,14 @@ from ..structures import Batch, Detections
 class FusionDetector(nn.Module):
     """lidar / camera / radar: encoders or None (modality not used by this model)
     fusion: CrossAttentionFusion; head: CenterHead
+    depth_loss_weight: weight of the camera's LiDAR-supervised depth loss (training only; 0 = none)
     """
 
     def __init__(self, lidar: Optional[nn.Module], camera: Optional[nn.Module], radar: Optional[nn.Module],
-                 fusion: nn.Module, head: nn.Module):
+                 fusion: nn.Module, head: nn.Module, depth_loss_weight: float = 0.0):
         super().__init__()
         self.lidar, self.camera, self.radar = lidar, camera, radar
+        self.depth_loss_weight = float(depth_loss_weight) if camera is not None else 0.0
         self.fusion = fusion
         self.head = head
 
@@ -31,34 +33,65 @@ class FusionDetector(nn.Module):
         return [name for name, enc in (("lidar", self.lidar), ("camera", self.camera), ("radar", self.radar))
                 if enc is not None]
 
-    def encode(self, batch: Batch) -> torch.Tensor:
-        """The fused BEV map float[B, C, H, W] of a batch."""
+    def encode(self, batch: Batch, return_depth: bool = False):
+        """The fused BEV map float[B, C, H, W] of a batch (and the camera's CameraDepth, or None, with
+        ``return_depth``)."""
         present = batch.modality_mask.clone().bool()
         feats: List[Optional[torch.Tensor]] = [None, None, None]
+        depth = None
         if self.lidar is not None:
             feats[0] = self.lidar(batch.lidar_points)
         if self.camera is not None:
-            feats[1] = self.camera(batch.images, batch.intrinsics, batch.img_aug, batch.T_ego_from_cam,
-                                   batch.camera_mask)
+            feats[1], depth = self.camera(batch.images, batch.intrinsics, batch.img_aug, batch.T_ego_from_cam,
+                                          batch.camera_mask, return_depth=True)
         if self.radar is not None:
             feats[2] = self.radar(batch.radar_points)
         for m, f in enumerate(feats):
             if f is None:
                 present[:, m] = False
-        return self.fusion(feats, present)
+        fused = self.fusion(feats, present)
+        return (fused, depth) if return_depth else fused
 
-    def forward(self, batch: Batch) -> List[Dict[str, torch.Tensor]]:
+    def forward(self, batch: Batch, return_depth: bool = False):
+        """The head's maps per task (and the camera's CameraDepth, or None, with ``return_depth``)."""
+        if return_depth:
+            fused, depth = self.encode(batch, return_depth=True)
+            return self.head(fused, batch.ego_velocity), depth
         return self.head(self.encode(batch), batch.ego_velocity)
 
+    def depth_terms(self, depth, batch: Batch, reduction: str = "sample") -> Dict[str, torch.Tensor]:
+        """{'depth': weighted depth loss} when the model is depth-supervised, else {} (see
+        models.camera.depth); cells without a LiDAR point take no loss."""
+        if self.depth_loss_weight <= 0:
+            return {}
+        if depth is None or batch.depth_targets is None:
+            # no camera in the batch: the term is still reported (0), so every DDP rank reduces the
+            # same list of terms
+            return {"depth": batch.ego_velocity.new_zeros(())}
+        from .camera.depth import depth_loss
+
+        loss = depth_loss(depth, batch.depth_targets, self.camera.depth_bins, batch.batch_size, reduction)
+        return {"depth": self.depth_loss_weight * loss}
+
     def loss(self, batch: Batch) -> Dict[str, torch.Tensor]:
-        """Loss terms (weighted) and 'total' against the batch's ground truth."""
+        """Loss terms (weighted) and 'total' against the batch's ground truth (the head's terms over the
+        whole batch, plus the camera's depth term)."""
         if batch.gt_boxes is None:
             raise ValueError("loss() needs a batch with ground truth (gt_boxes is None)")
-        preds = self(batch)
+        preds, depth = self(batch, return_depth=True)
         targets = self.head.targets(batch.gt_boxes, batch.gt_labels, batch.gt_attributes)
-        return self.head.loss(preds, targets)
+        terms = self.head.loss(preds, targets)
+        for k, v in self.depth_terms(depth, batch, "batch").items():
+            terms[k] = v
+            terms["total"] = terms["total"] + v
+        return terms
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> List[Detections]:
-        """Detections per sample, ego frame at each sample's reference time."""
         return self.head.decode(self(batch), batch.sample_tokens, batch.timestamps)
+
+    @torch.no_grad()
+    def predict_with_depth(self, batch: Batch):
+        """(detections per sample, CameraDepth or None): inference plus what the depth metrics need."""
+        preds, depth = self(batch, return_depth=True)
+        return self.head.decode(preds, batch.sample_tokens, batch.timestamps), depth

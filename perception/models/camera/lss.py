@@ -21,6 +21,7 @@ SyncBatchNorm.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence, Tuple
 
 import torch
@@ -58,6 +59,92 @@ class FPN(nn.Module):
         return self.output(x)
 
 
+# Per-image camera parameters the depth net is conditioned on (``camera_params``), with the scale
+# that brings each near 1 so the MLP needs no input normalization statistics.
+CAMERA_PARAM_NAMES = ("fx / W", "fy / W", "cx / W", "cy / H", "optical axis z", "image down z", "height / 2 m")
+NUM_CAMERA_PARAMS = len(CAMERA_PARAM_NAMES)
+
+
+def camera_params(intrinsics: torch.Tensor, img_aug: torch.Tensor, T_ego_from_cam: torch.Tensor,
+                  image_hw: Sequence[int]) -> torch.Tensor:
+    """float32[M, 7] what the depth of a pixel depends on besides its content (CAMERA_PARAM_NAMES).
+
+    intrinsics, img_aug: float[M, 3, 3]; T_ego_from_cam: float[M, 4, 4] (the lift's inputs)
+    The network-input pinhole ``img_aug @ K`` carries focal length and principal point after resize,
+    crop and flip (a flip negates fx); the camera's pitch, roll and height come from the z components
+    of its optical axis and image-down axis and its z in the ego frame. Azimuth is left out on purpose:
+    it does not change depth, and the global augmentation rotates it freely.
+    """
+    H, W = (float(x) for x in image_hw)
+    P = img_aug.float() @ intrinsics.float()
+    R = T_ego_from_cam[:, :3, :3].float()
+    return torch.stack([P[:, 0, 0] / W, P[:, 1, 1] / W, P[:, 0, 2] / W, P[:, 1, 2] / H,
+                        R[:, 2, 2], R[:, 2, 1], T_ego_from_cam[:, 2, 3].float() / 2.0], dim=1)
+
+
+class CameraAwareDepthNet(nn.Module):
+    """Depth logits and context from image features, conditioned on the camera (BEVDepth's DepthNet,
+    Li et al. 2022, in a smaller form): an MLP of ``camera_params`` gives per-channel gates
+    (squeeze-excitation) for a depth branch and a context branch, so one network serves cameras of
+    different focal lengths, crops and mounting heights. Without ``camera_aware`` the gates are off
+    and it is the plain 1x1 depth/context conv of BEVFusion's LSSTransform.
+
+    in_channels: channels of the FPN map; num_depth: D bins; context_channels: C
+    """
+
+    def __init__(self, in_channels: int, num_depth: int, context_channels: int, camera_aware: bool = True):
+        super().__init__()
+        self.camera_aware = bool(camera_aware)
+        self.num_depth = int(num_depth)
+        if self.camera_aware:
+            hidden = max(16, in_channels)
+            self.mlp = nn.Sequential(nn.Linear(NUM_CAMERA_PARAMS, hidden), nn.ReLU(inplace=True),
+                                     nn.Linear(hidden, 2 * in_channels))
+            # A 3x3 layer before the depth logits: depth needs some spatial context (object size in
+            # pixels), which the 1x1 projection alone does not see.
+            self.depth_conv = conv_norm_act(in_channels, in_channels, 3)
+            self.depth_out = nn.Conv2d(in_channels, self.num_depth, 1)
+            self.context_out = nn.Conv2d(in_channels, context_channels, 1)
+        else:
+            # One 1x1 conv predicts the depth logits and the context, as BEVFusion's LSSTransform.
+            self.out = nn.Conv2d(in_channels, self.num_depth + context_channels, 1)
+
+    def _mlp(self, params: torch.Tensor) -> torch.Tensor:
+        """The MLP row by row as broadcast products and sums: a matmul's kernel (and so its rounding)
+        depends on M, and a failed camera must not change the other images' features by one bit."""
+        h = params
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                h = (h.unsqueeze(-1) * layer.weight.t()).sum(dim=1) + layer.bias
+            else:
+                h = layer(h)
+        return h
+
+    def forward(self, x: torch.Tensor, params: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x: float[M, Cin, fH, fW] image features; params: float[M, 7] (camera_params) ->
+        (depth logits float[M, D, fH, fW], context float[M, C, fH, fW])."""
+        if not self.camera_aware:
+            y = self.out(x)
+            return y[:, :self.num_depth], y[:, self.num_depth:]
+        M, C = x.shape[:2]
+        gates = torch.sigmoid(self._mlp(params.to(x.dtype))).view(M, 2, C, 1, 1)
+        depth = self.depth_out(self.depth_conv(x * gates[:, 0]))
+        return depth, self.context_out(x * gates[:, 1])
+
+
+@dataclass
+class CameraDepth:
+    """The depth distributions the encoder lifted with, for the depth loss and depth metrics.
+
+    logits: float[M, D, fH, fW] depth logits of the M present images (softmax over D = the lift's weights)
+    batch_index, camera_index: int64[M] sample and camera slot of each image (``camera_mask`` order)
+    """
+
+    logits: torch.Tensor
+    batch_index: torch.Tensor
+    camera_index: torch.Tensor
+
+
 class LiftSplatEncoder(nn.Module):
     """Camera images -> BEV features on the fused grid.
 
@@ -71,11 +158,12 @@ class LiftSplatEncoder(nn.Module):
     voxel_size: (dx, dy, dz) metres of the base grid; a BEV cell is (dx, dy) * bev_stride
     bev_stride: the output grid is the base grid's BEV shape / bev_stride
     out_channels: channels of the output BEV map
+    camera_aware: condition the depth net on each camera's intrinsics, augmentation and mounting
     """
 
     def __init__(self, backbone: ResNet, neck_channels: int, depth_bins: Sequence[float], context_channels: int,
                  feature_stride: int, image_size: Sequence[int], point_cloud_range: Sequence[float],
-                 voxel_size: Sequence[float], bev_stride: int, out_channels: int):
+                 voxel_size: Sequence[float], bev_stride: int, out_channels: int, camera_aware: bool = True):
         super().__init__()
         lo, hi, step = (float(v) for v in depth_bins)
         if not (0 < lo < hi and step > 0):
@@ -93,8 +181,8 @@ class LiftSplatEncoder(nn.Module):
 
         self.backbone = backbone
         self.neck = FPN(backbone.out_channels[1:], neck_channels, self.feature_stride)
-        # One 1x1 conv predicts the depth logits and the context, as BEVFusion's LSSTransform.
-        self.depth_net = nn.Conv2d(neck_channels, self.num_depth + self.context_channels, 1)
+        self.depth_bins = (lo, hi, step)
+        self.depth_net = CameraAwareDepthNet(neck_channels, self.num_depth, self.context_channels, camera_aware)
         self.bev_encoder = nn.Sequential(conv_norm_act(self.context_channels, out_channels, 3),
                                          conv_norm_act(out_channels, out_channels, 3))
 
@@ -161,15 +249,14 @@ class LiftSplatEncoder(nn.Module):
     # ------------------------------------------------------------------------------------------
     # Network
     # ------------------------------------------------------------------------------------------
-    def image_features(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """images: float[M, 3, H, W] normalized -> (depth probabilities float[M, D, fH, fW] (softmax over D),
-        context float[M, C, fH, fW])."""
+    def image_features(self, images: torch.Tensor, params: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """images: float[M, 3, H, W] normalized; params: float[M, 7] (``camera_params``) ->
+        (depth logits float[M, D, fH, fW], context float[M, C, fH, fW])."""
         # Plain NCHW on purpose: channels_last ran the width-16 CPU model about 1.5x faster, but with
         # torch 2.13's CPU build its oneDNN backward left the process to crash at exit (segfault after
         # the tests had passed), so it stays off until that is fixed upstream.
         _, c3, c4, c5 = self.backbone(images.contiguous())
-        x = self.depth_net(self.neck(c3, c4, c5))
-        return x[:, :self.num_depth].softmax(dim=1), x[:, self.num_depth:]
+        return self.depth_net(self.neck(c3, c4, c5), params)
 
     def splat(self, depth: torch.Tensor, context: torch.Tensor, intrinsics: torch.Tensor, img_aug: torch.Tensor,
               T_ego_from_cam: torch.Tensor, batch_index: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -200,8 +287,9 @@ class LiftSplatEncoder(nn.Module):
         return bev_pool(feats, geometry)
 
     def forward(self, images: torch.Tensor, intrinsics: torch.Tensor, img_aug: torch.Tensor,
-                T_ego_from_cam: torch.Tensor, camera_mask: torch.Tensor) -> torch.Tensor:
-        """Camera BEV features float[B, out_channels, Hb, Wb], rows = ego y, cols = ego x.
+                T_ego_from_cam: torch.Tensor, camera_mask: torch.Tensor, return_depth: bool = False):
+        """Camera BEV features float[B, out_channels, Hb, Wb], rows = ego y, cols = ego x
+        (and the ``CameraDepth`` it lifted with, when ``return_depth``; None without any camera).
 
         images: float32[B, N, 3, H, W] RGB normalized with IMAGE_MEAN / IMAGE_STD, network input size
         intrinsics: float32[B, N, 3, 3] pinhole matrix of the original image, pixels
@@ -216,15 +304,17 @@ class LiftSplatEncoder(nn.Module):
         Hb, Wb = self.bev_hw
         b_idx, n_idx = torch.nonzero(camera_mask, as_tuple=True)
         if b_idx.numel() == 0:
-            return images.new_zeros(B, self.out_channels, Hb, Wb)
-        depth, context = self.image_features(images[b_idx, n_idx])
-        bev = self.splat(depth, context, intrinsics[b_idx, n_idx], img_aug[b_idx, n_idx],
-                         T_ego_from_cam[b_idx, n_idx], b_idx, B)
+            out = images.new_zeros(B, self.out_channels, Hb, Wb)
+            return (out, None) if return_depth else out
+        K, A, T = intrinsics[b_idx, n_idx], img_aug[b_idx, n_idx], T_ego_from_cam[b_idx, n_idx]
+        logits, context = self.image_features(images[b_idx, n_idx], camera_params(K, A, T, self.image_size))
+        bev = self.splat(logits.softmax(dim=1), context, K, A, T, b_idx, B)
         out = self.bev_encoder(bev)
         # The norms' biases would make an empty canvas non-zero: a sample without cameras must read
         # as "no camera information" to the fusion.
         has_camera = camera_mask.any(dim=1).to(out.dtype).view(B, 1, 1, 1)
-        return out * has_camera
+        out = out * has_camera
+        return (out, CameraDepth(logits, b_idx, n_idx)) if return_depth else out
 
 
 def build_camera_encoder(cfg) -> LiftSplatEncoder:
@@ -239,4 +329,4 @@ def build_camera_encoder(cfg) -> LiftSplatEncoder:
                             context_channels=c.channels, feature_stride=c.feature_stride,
                             image_size=c.image_size, point_cloud_range=cfg.grid.point_cloud_range,
                             voxel_size=cfg.grid.voxel_size, bev_stride=cfg.model.bev_stride,
-                            out_channels=cfg.model.bev_channels)
+                            out_channels=cfg.model.bev_channels, camera_aware=c.camera_aware)
