@@ -97,9 +97,9 @@ def _check_file(source: NuScenesSource, msg) -> Optional[Problem]:
             except io.SensorFileError as e:
                 return problem("radar_header", str(e).split(": ", 1)[-1])
             rec = np.frombuffer(blob, dtype=dtype, count=count, offset=offset)
-            bad = int(sum((~np.isfinite(rec[n])).sum() for n in ("x", "y", "z", "vx_comp", "vy_comp")))
+            bad = int(sum((~np.isfinite(rec[n])).sum() for n in io.RADAR_MODEL_FIELDS))
             if bad:
-                return problem("nonfinite_points", f"{bad} NaN or inf values in positions or velocities")
+                return problem("nonfinite_points", f"{bad} NaN or inf values in positions, RCS or velocities")
         else:
             from PIL import Image
 

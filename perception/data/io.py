@@ -24,6 +24,9 @@ RADAR_FIELDS: Tuple[str, ...] = (
     "ambig_state", "x_rms", "y_rms", "invalid_state", "pdh0", "vx_rms", "vy_rms",
 )
 RADAR_COLUMN = {name: i for i, name in enumerate(RADAR_FIELDS)}
+# The fields of a radar return that reach the model (position, RCS, compensated velocity): a return
+# with a NaN or inf in any of them is dropped.
+RADAR_MODEL_FIELDS: Tuple[str, ...] = ("x", "y", "z", "rcs", "vx_comp", "vy_comp")
 # The devkit's default state filters (RadarPointCloud.from_file): valid clusters, all dynamic
 # properties but 'stopped', unambiguous Doppler. Kept here as values so that reading never touches
 # the devkit's class-level filter state.
@@ -107,8 +110,8 @@ def read_radar(path: str, default_filters: bool = False) -> np.ndarray:
     """Radar sweep -> float32[N, 18] (the RADAR_FIELDS columns), radar frame (x forward, y left), m, m/s.
 
     default_filters: keep only the returns the devkit keeps by default (DEVKIT_RADAR_FILTERS);
-    off by default so that every return reaches the model. Returns with non-finite position or
-    velocity are dropped with a warning.
+    off by default so that every return reaches the model. Returns with a NaN or inf in any of
+    RADAR_MODEL_FIELDS (position, RCS, compensated velocity) are dropped with a warning.
     """
     try:
         with open(path, "rb") as f:
@@ -124,7 +127,7 @@ def read_radar(path: str, default_filters: bool = False) -> np.ndarray:
         for name, allowed in DEVKIT_RADAR_FILTERS.items():
             keep &= np.isin(out[:, RADAR_COLUMN[name]], allowed)
         out = out[keep]
-    bad = ~np.isfinite(out[:, [0, 1, 2, 8, 9]]).all(axis=1)
+    bad = ~np.isfinite(out[:, [RADAR_COLUMN[n] for n in RADAR_MODEL_FIELDS]]).all(axis=1)
     if bad.any():
         log.warning("%s: dropped %d radar returns with NaN or inf values", path, int(bad.sum()))
         out = out[~bad]

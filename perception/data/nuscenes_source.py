@@ -261,6 +261,8 @@ class NuScenesSource:
     def _build_indices(self) -> None:
         scene_of_sample = {s["token"]: s["scene_token"] for s in self.nusc.sample}
         per_scene: Dict[str, Dict[str, List[Message]]] = {s["token"]: {} for s in self.nusc.scene}
+        # (scene, channel) -> [count, first message stamped before its predecessor on the prev/next chain]
+        out_of_order: Dict[tuple, list] = {}
         for sd in self.nusc.sample_data:
             scene_token = scene_of_sample.get(sd["sample_token"])
             if scene_token is None:
@@ -275,6 +277,18 @@ class NuScenesSource:
                           sd["sample_token"], sd["calibrated_sensor_token"], sd["ego_pose_token"],
                           int(sd.get("width") or 0), int(sd.get("height") or 0))
             per_scene[scene_token].setdefault(channel, []).append(msg)
+            if sd.get("prev"):
+                prev_t = int(self.nusc.get("sample_data", sd["prev"])["timestamp"])
+                if msg.timestamp < prev_t:
+                    entry = out_of_order.setdefault((scene_token, channel), [0, (msg.token, msg.timestamp, prev_t)])
+                    entry[0] += 1
+        # The index is in timestamp order whatever the chain says: a message stamped out of order is
+        # used at its stamped time. Said once per channel, so that no run is silent about it.
+        for (scene_token, channel), (n, (token, t, prev_t)) in out_of_order.items():
+            log.warning("%s %s: sample_data %s timestamp %d is before the previous message's (%d)%s; the "
+                        "channel's messages are used in timestamp order (tools/doctor.py lists each one)",
+                        self.nusc.get("scene", scene_token)["name"], channel, token, t, prev_t,
+                        f" ({n} out-of-order timestamps in this channel)" if n > 1 else "")
         for scene in self.nusc.scene:
             channels = {}
             for ch, msgs in per_scene[scene["token"]].items():
