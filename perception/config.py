@@ -515,6 +515,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             raise ConfigError(f"{where}: '{key}' must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
+        if value is None:  # `key:` / `--set key=`: the empty string (e.g. no pretrained weights)
+            return ""
         if not isinstance(value, str):
             raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
         return value

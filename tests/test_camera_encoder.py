@@ -10,6 +10,7 @@ import torch
 
 from perception.config import Config
 from perception.geometry import make_transform
+from perception.models.camera.resnet import PretrainedWeightsError
 from perception.models.camera import (LiftSplatEncoder, ResNet, build_camera_encoder, load_pretrained, resnet18,
                                       resnet50)
 
@@ -122,6 +123,8 @@ def test_imagenet_width_into_tiny_backbone_says_why(tmp_path):
     path = str(tmp_path / "r18_w64.pth")
     _save_with_fc(resnet18(64), path)
     with pytest.raises(ValueError, match=r"conv1\.weight.*backbone_width=16"):
+        load_pretrained(resnet18(16), path)
+    with pytest.raises(PretrainedWeightsError, match=r"model\.camera\.pretrained .*r18_w64\.pth"):
         load_pretrained(resnet18(16), path)
     cfg = tiny_config()
     cfg.model.camera.pretrained = path
@@ -358,3 +361,14 @@ def test_build_from_config():
     assert out.shape == (1, cfg.model.bev_channels, 64, 64)
     with pytest.raises(ValueError, match="64x192"):
         enc(images[..., :176], K, A, T, torch.ones(1, 6, dtype=torch.bool))
+
+
+def test_missing_or_unreadable_pretrained_file_is_one_line(tmp_path):
+    missing = str(tmp_path / "nowhere.pth")
+    with pytest.raises(PretrainedWeightsError, match=r"^model\.camera\.pretrained .*nowhere\.pth: file not found"):
+        load_pretrained(resnet18(8), missing)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(PretrainedWeightsError, match=r"junk\.pth: not a readable torch state dict") as e:
+        load_pretrained(resnet18(8), str(junk))
+    assert "\n" not in str(e.value)

@@ -126,3 +126,42 @@ def test_eval_cli_config_file_error_names_the_file(tmp_path, capsys):
     assert rc == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and str(bad) in lines[0] and "model.bev_chanels" in lines[0], err
+
+
+def _train_main():
+    spec = importlib.util.spec_from_file_location("train_tool_config_errors", os.path.join(PROJECT, "tools", "train.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+@pytest.mark.parametrize("tool", ["train", "eval"])
+@pytest.mark.parametrize("kind", ["missing", "mismatched"])
+def test_configured_pretrained_weights_that_do_not_fit_stop_train_and_eval_in_one_line(
+        tmp_path, capsys, real_root, tool, kind):
+    """model.camera.pretrained names a file that is not there, or is a backbone of another width:
+    one line naming the key, the file and (for a mismatch) the parameter, exit 2, before any training."""
+    import torch
+
+    from perception.models.camera import resnet18
+
+    path = tmp_path / "imagenet_r18.pth"
+    if kind == "mismatched":
+        torch.save(resnet18(64).state_dict(), path)  # an ImageNet-width backbone into the width-16 tiny model
+    over = ["--set", f"model.camera.pretrained={path}"]
+    if tool == "train":
+        rc = _train_main()([TINY, "--dataroot", real_root, "--version", "v1.0-trainval", "--work-dir",
+                            str(tmp_path / "w"), "--max-steps", "1", "--no-progress",
+                            "--set", "train.split=val", f"model.camera.pretrained={path}"])
+    else:
+        rc = _eval_main()([TINY, "--checkpoint", str(tmp_path / "ckpt.pt"), "--dataroot", real_root,
+                           "--out", str(tmp_path / "out"), *over])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line.startswith(f"{tool}: ")]
+    assert len(lines) == 1, err
+    assert f"model.camera.pretrained {path}" in lines[0]
+    assert ("file not found" if kind == "missing" else "conv1.weight") in lines[0], lines[0]
+    ckpts = tmp_path / "w" / "checkpoints"
+    assert not (ckpts.exists() and any(ckpts.iterdir())), "no training step may run"

@@ -204,6 +204,8 @@ def main(argv=None) -> int:
     q.add_argument("--steps", type=int, default=300, help="optimizer steps per model (batch train.batch_size)")
     q.add_argument("--real-steps", type=int, default=2400)
     q.add_argument("--skip-real", action="store_true")
+    q.add_argument("--models", nargs="+", help="only these synthetic models (no checks), e.g. camera_only "
+                                               "camera_only_prev")
     q.add_argument("--json")
     q.add_argument("--md")
     m = sub.add_parser("model", help="detector parameters, per-stage latency, frames/s, memory")
@@ -242,7 +244,7 @@ def main(argv=None) -> int:
             open(os.path.join(args.synthetic, ".complete"), "w").close()
         res = run_quality(args.synthetic, args.real, args.work, args.steps, args.real_steps,
                           args.json or os.path.join(args.work, "quality.json"),
-                          args.md or os.path.join(args.work, "quality.md"), args.skip_real)
+                          args.md or os.path.join(args.work, "quality.md"), args.skip_real, args.models)
     elif args.what == "model":
         set_threads(args.threads)
         res = bench_model(args)

@@ -58,7 +58,8 @@ def main(argv=None) -> int:
                     help="also evaluate every sensor failure (each camera, each radar, all cameras, all radars, "
                          "lidar) and add the robustness table to the report")
     ap.add_argument("--batch-size", type=int, default=1, help="frames per detector call")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    # several pairs after one --set, as tools/train.py takes them; --set may also repeat
+    ap.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
     ap.add_argument("--strict", action="store_true", help="an unreadable sensor file is an error, not an absent sensor")
     ap.add_argument("--no-plots", action="store_true", help="skip the devkit's PR and TP-error plots")
     args = ap.parse_args(argv)

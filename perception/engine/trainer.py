@@ -395,7 +395,10 @@ def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: 
                        "backend": info.backend or "none", "device": str(device), "samples": len(dataset),
                        "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                        "global_batch": t.batch_size * info.world_size, "resumed_from": resumed_from,
-                       "step": step})
+                       "step": step,
+                       # which image-backbone weights the camera started from (None: random init)
+                       "camera_pretrained": (os.path.abspath(cfg.model.camera.pretrained)
+                                             if cfg.model.use_camera and cfg.model.camera.pretrained else None)})
         logger.write(f"training {len(dataset)} samples, {steps_per_epoch} steps/epoch, {total_steps} steps, "
                      f"{info.world_size} process(es) x batch {t.batch_size} on {device}"
                      + (f"; resumed from {resumed_from} at step {step}" if resumed_from else ""))

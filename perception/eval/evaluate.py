@@ -43,6 +43,7 @@ DETECTION_CONFIG = "detection_cvpr_2019"
 RESULTS_FILE = "results_nusc.json"
 SUMMARY_FILE = "metrics_summary.json"
 DETAILS_FILE = "metrics_details.json"
+DEPTH_FILE = "camera_depth.json"  # DepthStats.summary() of a camera model's run (camera depth vs LiDAR)
 MODALITIES = ("lidar", "camera", "radar")
 
 
@@ -428,6 +429,8 @@ def evaluate_detector(detector, source, cfg, split: str, out_dir: str, drop: Ite
                                 meta, sample_tokens=tokens)
     summary = evaluate_results(source.nusc, path, split, out_dir, render_curves=render_curves)
     depth = inf.depth.summary(cfg.data.cameras) if inf.depth is not None else None
+    if depth is not None:
+        export.write_json_atomic(depth, os.path.join(out_dir, DEPTH_FILE), indent=1)
     return EvalRun(out_dir, path, summary, drop, meta, inf.problems, depth)
 
 

@@ -78,38 +78,94 @@ def evaluate_once(config: str, checkpoint: str, dataroot: str, out: str, drop: O
         return json.load(f)
 
 
-def _metrics(summary: Dict) -> Dict[str, float]:
-    return {"mAP": round(float(summary["mean_ap"]), 4), "NDS": round(float(summary["nd_score"]), 4),
-            "car_AP": round(float(summary["mean_dist_aps"]["car"]), 4)}
+def _metrics(summary: Dict, depth: Optional[Dict] = None) -> Dict[str, float]:
+    out = {"mAP": round(float(summary["mean_ap"]), 4), "NDS": round(float(summary["nd_score"]), 4),
+           "car_AP": round(float(summary["mean_dist_aps"]["car"]), 4)}
+    if depth is not None:
+        out["depth_abs_rel"] = round(float(depth["all"]["abs_rel"]), 4)
+        out["depth_rmse"] = round(float(depth["all"]["rmse"]), 3)
+        out["depth_delta1"] = round(float(depth["all"]["delta1"]), 4)
+    return out
+
+
+def _depth_of(out: str) -> Optional[Dict]:
+    from .evaluate import DEPTH_FILE
+
+    path = os.path.join(out, DEPTH_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+# Synthetic models: name -> (config, overrides beyond the seed). "*_prev" is the recipe before LiDAR
+# depth supervision and the camera-aware depth net (issue 14), trained side by side on the same data,
+# budget and seed, so the table shows what the change buys.
+PREVIOUS_CAMERA_RECIPE = ["model.camera.depth_loss_weight=0", "model.camera.camera_aware=false"]
+SYNTHETIC_MODELS = {
+    "fusion": ("fusion_tiny.yaml", []),
+    "fusion_prev": ("fusion_tiny.yaml", PREVIOUS_CAMERA_RECIPE),
+    "lidar_only": ("lidar_tiny.yaml", []),
+    "camera_only": ("camera_tiny.yaml", []),
+    "camera_only_prev": ("camera_tiny.yaml", PREVIOUS_CAMERA_RECIPE),
+}
+# evaluation key -> (model, sensors dropped at inference, what the table calls the sensors)
+SYNTHETIC_EVALS = {
+    "fusion": ("fusion", None, "all"),
+    "fusion_no_camera": ("fusion", "camera", "LiDAR + radar"),
+    "fusion_no_lidar": ("fusion", "lidar", "cameras + radar"),
+    "fusion_prev": ("fusion_prev", None, "all"),
+    "fusion_prev_no_camera": ("fusion_prev", "camera", "LiDAR + radar"),
+    "lidar_only": ("lidar_only", None, "LiDAR"),
+    "camera_only": ("camera_only", None, "cameras"),
+    "camera_only_prev": ("camera_only_prev", None, "cameras"),
+}
+RECIPE = {"fusion_prev": "previous (no depth loss, plain depth net)",
+          "fusion_prev_no_camera": "previous (no depth loss, plain depth net)",
+          "camera_only_prev": "previous (no depth loss, plain depth net)"}
 
 
 def run_quality(synthetic_root: str, real_root: str, work: str, steps: int, real_steps: int,
-                json_out: Optional[str] = None, md_out: Optional[str] = None, skip_real: bool = False) -> Dict:
+                json_out: Optional[str] = None, md_out: Optional[str] = None, skip_real: bool = False,
+                models: Optional[List[str]] = None) -> Dict:
+    """Train and evaluate every model of SYNTHETIC_MODELS (or the subset ``models``; the checks need
+    all) and the real-keyframe fit; returns and writes the results, the checks and the tables."""
     t_start = time.time()
-    models = {"fusion": "fusion_tiny.yaml", "lidar_only": "lidar_tiny.yaml", "camera_only": "camera_tiny.yaml"}
+    chosen = {k: v for k, v in SYNTHETIC_MODELS.items() if models is None or k in models}
     seed = ["train.seed=0"]
-    results: Dict = {"synthetic_root": os.path.abspath(synthetic_root), "steps": steps, "models": {}}
+    results: Dict = {"synthetic_root": os.path.abspath(synthetic_root), "steps": steps, "models": {},
+                     "train_seconds": {}}
     ckpts = {}
-    for name, cfg_name in models.items():
-        print(f"[quality] train {name} ({cfg_name}, {steps} steps)", flush=True)
+    for name, (cfg_name, over) in chosen.items():
+        print(f"[quality] train {name} ({cfg_name} {' '.join(over)}, {steps} steps)", flush=True)
+        t0 = time.time()
         ckpts[name] = train_once(os.path.join(CONFIGS, cfg_name), synthetic_root, os.path.join(work, name), steps,
-                                 seed)
-    evals = {"fusion": ("fusion", None), "lidar_only": ("lidar_only", None), "camera_only": ("camera_only", None),
-             "fusion_no_camera": ("fusion", "camera"), "fusion_no_lidar": ("fusion", "lidar")}
-    for key, (model, drop) in evals.items():
+                                 seed + over)
+        results["train_seconds"][name] = round(time.time() - t0)
+    for key, (model, drop, _) in SYNTHETIC_EVALS.items():
+        if model not in chosen:
+            continue
         print(f"[quality] evaluate {key}", flush=True)
-        summary = evaluate_once(os.path.join(CONFIGS, models[model]), ckpts[model], synthetic_root,
-                                os.path.join(work, "eval", key), drop, [])
-        results["models"][key] = _metrics(summary)
+        cfg_name, over = chosen[model]
+        out = os.path.join(work, "eval", key)
+        summary = evaluate_once(os.path.join(CONFIGS, cfg_name), ckpts[model], synthetic_root, out, drop, over)
+        results["models"][key] = _metrics(summary, _depth_of(out))
     m = results["models"]
-    checks = {
-        "fusion_beats_lidar_only_NDS": m["fusion"]["NDS"] > m["lidar_only"]["NDS"],
-        "fusion_beats_lidar_only_mAP": m["fusion"]["mAP"] > m["lidar_only"]["mAP"],
-        "fusion_beats_camera_only_NDS": m["fusion"]["NDS"] > m["camera_only"]["NDS"],
-        "fusion_beats_camera_only_mAP": m["fusion"]["mAP"] > m["camera_only"]["mAP"],
-        "no_camera_keeps_90pct_lidar_only_NDS": m["fusion_no_camera"]["NDS"] >= 0.9 * m["lidar_only"]["NDS"],
-        "no_lidar_keeps_80pct_camera_only_mAP": m["fusion_no_lidar"]["mAP"] >= 0.8 * m["camera_only"]["mAP"],
-    }
+    checks = {}
+    if models is None:
+        checks = {
+            "fusion_beats_lidar_only_NDS": m["fusion"]["NDS"] > m["lidar_only"]["NDS"],
+            "fusion_beats_lidar_only_mAP": m["fusion"]["mAP"] > m["lidar_only"]["mAP"],
+            "fusion_beats_camera_only_NDS": m["fusion"]["NDS"] > m["camera_only"]["NDS"],
+            "fusion_beats_camera_only_mAP": m["fusion"]["mAP"] > m["camera_only"]["mAP"],
+            "no_camera_keeps_90pct_lidar_only_NDS": m["fusion_no_camera"]["NDS"] >= 0.9 * m["lidar_only"]["NDS"],
+            "no_lidar_keeps_80pct_camera_only_mAP": m["fusion_no_lidar"]["mAP"] >= 0.8 * m["camera_only"]["mAP"],
+            # the cameras must earn their place: removing them has to cost the fusion model
+            "fusion_beats_fusion_no_camera_NDS": m["fusion"]["NDS"] > m["fusion_no_camera"]["NDS"],
+        }
+        results["camera_contribution"] = {
+            key: round(1.0 - m[f"{key}_no_camera"]["NDS"] / m[key]["NDS"], 4) if m[key]["NDS"] > 0 else None
+            for key in ("fusion", "fusion_prev")}
     if not skip_real:
         print(f"[quality] real data: train fusion on the real keyframes ({real_steps} steps)", flush=True)
         # A fit of the 81 keyframes it is evaluated on, so no augmentation and no modality dropout:
@@ -119,23 +175,52 @@ def run_quality(synthetic_root: str, real_root: str, work: str, steps: int, real
                      *REAL_FIT_OVERRIDES]
         ck = train_once(os.path.join(CONFIGS, "fusion_tiny.yaml"), real_root, os.path.join(work, "real_fusion"),
                         real_steps, real_over)
-        summary = evaluate_once(os.path.join(CONFIGS, "fusion_tiny.yaml"), ck, real_root,
-                                os.path.join(work, "eval", "real_fusion"), None, [])
-        m["real_fusion"] = _metrics(summary)
+        out = os.path.join(work, "eval", "real_fusion")
+        summary = evaluate_once(os.path.join(CONFIGS, "fusion_tiny.yaml"), ck, real_root, out, None, [])
+        depth = _depth_of(out)
+        m["real_fusion"] = _metrics(summary, depth)
+        if depth is not None:
+            results["real_depth_per_camera"] = depth["per_camera"]
         checks["real_car_AP_at_least_0.5"] = m["real_fusion"]["car_AP"] >= 0.5
     results["checks"] = checks
     results["minutes"] = round((time.time() - t_start) / 60, 1)
-
-    lines = ["| model | sensors at inference | mAP | NDS | car AP |", "| --- | --- | --- | --- | --- |"]
-    sensors = {"fusion": "all", "lidar_only": "LiDAR", "camera_only": "cameras", "fusion_no_camera": "LiDAR + radar",
-               "fusion_no_lidar": "cameras + radar", "real_fusion": "all (real keyframes)"}
-    for key, v in m.items():
-        lines.append(f"| {key} | {sensors[key]} | {v['mAP']:.4f} | {v['NDS']:.4f} | {v['car_AP']:.4f} |")
-    lines += ["", "| check | result |", "| --- | --- |"]
-    lines += [f"| {k} | {'pass' if ok else 'FAIL'} |" for k, ok in checks.items()]
-    table = "\n".join(lines)
+    table = quality_markdown(results)
     print(table)
     for path, text in ((json_out, json.dumps(results, indent=1)), (md_out, table + "\n")):
         if path:
             write_text_atomic(text, path)
     return results
+
+
+def quality_markdown(results: Dict) -> str:
+    """quality.md: the metrics table (with camera depth where measured), the checks, the camera's
+    contribution and the real keyframes' depth per camera."""
+    m = results["models"]
+    sensors = {k: v[2] for k, v in SYNTHETIC_EVALS.items()}
+    sensors["real_fusion"] = "all (real keyframes)"
+    lines = ["| model | recipe | sensors at inference | mAP | NDS | car AP | depth AbsRel | depth RMSE (m) | "
+             "depth delta<1.25 |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def dep(v, k, f):
+        return f.format(v[k]) if k in v else "-"
+
+    for key, v in m.items():
+        lines.append(f"| {key} | {RECIPE.get(key, 'current')} | {sensors.get(key, '?')} | {v['mAP']:.4f} | "
+                     f"{v['NDS']:.4f} | {v['car_AP']:.4f} | {dep(v, 'depth_abs_rel', '{:.4f}')} | "
+                     f"{dep(v, 'depth_rmse', '{:.3f}')} | {dep(v, 'depth_delta1', '{:.4f}')} |")
+    contrib = results.get("camera_contribution")
+    if contrib:
+        lines += ["", "NDS lost when all cameras are dropped from the fusion model: "
+                  + ", ".join(f"{k} {v * 100:.1f}%" if v is not None else f"{k} -" for k, v in contrib.items())]
+    if results.get("train_seconds"):
+        lines += ["", "Training seconds: " + ", ".join(f"{k} {v}" for k, v in results["train_seconds"].items())]
+    lines += ["", "| check | result |", "| --- | --- |"]
+    lines += [f"| {k} | {'pass' if ok else 'FAIL'} |" for k, ok in results["checks"].items()]
+    per_cam = results.get("real_depth_per_camera")
+    if per_cam:
+        lines += ["", "Camera depth on the real keyframes (fusion_tiny real fit):", "",
+                  "| camera | AbsRel | RMSE (m) | delta<1.25 |", "| --- | --- | --- | --- |"]
+        for cam, d in per_cam.items():
+            lines.append(f"| {cam} | {d['abs_rel']:.4f} | {d['rmse']:.3f} | {d['delta1']:.4f} |" if d else
+                         f"| {cam} | - | - | - |")
+    return "\n".join(lines)

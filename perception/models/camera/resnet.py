@@ -11,11 +11,16 @@ ImageNet checkpoint fits.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import List, Optional, Type, Union
 
 import torch
 from torch import nn
+
+from ...config import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -140,18 +145,30 @@ def resnet50(width: int = 64) -> ResNet:
 BACKBONES = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 
 
+class PretrainedWeightsError(ConfigError):
+    """``model.camera.pretrained`` names a file that is missing, unreadable or not this backbone's."""
+
+
 def load_pretrained(model: ResNet, path: str) -> ResNet:
     """Copy a torchvision ResNet state dict saved with ``torch.save`` into ``model`` (in place).
 
     ``fc.*`` entries are ignored; BatchNorm ``num_batches_tracked`` may be absent (torchvision's
-    published checkpoints predate it). Any other missing, unexpected or differently shaped entry is a
-    ValueError naming the first such parameter (in the model's order); nothing is loaded then.
+    published checkpoints predate it). A missing or unreadable file, or any missing, unexpected or
+    differently shaped entry, is a one-line PretrainedWeightsError naming the file and the first such
+    parameter (in the model's order); nothing is loaded then.
     """
+    where = f"model.camera.pretrained {path}"
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained backbone weights not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise PretrainedWeightsError(f"{where}: file not found (make it as the README says: a torchvision "
+                                     f"state dict saved with torch.save)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: torch raises several types
+        raise PretrainedWeightsError(f"{where}: not a readable torch state dict "
+                                     f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict (mapping name -> tensor), got {type(state).__name__}")
+        raise PretrainedWeightsError(f"{where}: expected a state dict (mapping name -> tensor), "
+                                     f"got {type(state).__name__}")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     own = model.state_dict()
     hint = (f" (the model has backbone_width={model.width}; ImageNet checkpoints are for width 64)"
@@ -160,14 +177,16 @@ def load_pretrained(model: ResNet, path: str) -> ResNet:
         if name not in state:
             if name.endswith("num_batches_tracked"):
                 continue
-            raise ValueError(f"{path}: parameter '{name}' is missing from the checkpoint{hint}")
-        if tuple(state[name].shape) != tuple(tensor.shape):
-            raise ValueError(f"{path}: parameter '{name}' has shape {tuple(state[name].shape)} in the "
-                             f"checkpoint but {tuple(tensor.shape)} in the model{hint}")
+            raise PretrainedWeightsError(f"{where}: parameter '{name}' is missing from the file{hint}")
+        if not isinstance(state[name], torch.Tensor) or tuple(state[name].shape) != tuple(tensor.shape):
+            shape = tuple(state[name].shape) if isinstance(state[name], torch.Tensor) else type(state[name]).__name__
+            raise PretrainedWeightsError(f"{where}: parameter '{name}' has shape {shape} in the file but "
+                                         f"{tuple(tensor.shape)} in the model{hint}")
     extra = [k for k in state if k not in own]
     if extra:
-        raise ValueError(f"{path}: checkpoint parameter '{extra[0]}' does not exist in the model "
-                         f"({len(extra)} unexpected){hint}")
+        raise PretrainedWeightsError(f"{where}: parameter '{extra[0]}' of the file does not exist in the model "
+                                     f"({len(extra)} unexpected){hint}")
     # strict=False only for the tolerated num_batches_tracked; everything else was checked above.
     model.load_state_dict(state, strict=False)
+    log.info("camera backbone: pretrained weights loaded from %s (%d tensors)", path, len(state))
     return model
