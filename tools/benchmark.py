@@ -93,6 +93,7 @@ def bench_data(args) -> dict:
                          "ms_per_frame": round(1e3 * dt / len(frames), 2),
                          "lidar_points_per_frame": int(npts / len(frames)),
                          "radar_points_per_frame": int(len(frame.radar_points))}
+    results["depth_targets"] = bench_depth_targets(fb, keyframes)
     if fb.missing:
         results["missing_files"] = dict(fb.missing)
     print(f"frame building on one core, {results['dataroot']}, scene {scene}, {len(refs)} frames")
@@ -101,6 +102,11 @@ def bench_data(args) -> dict:
         r = results[name]
         print(f"{name:18s} {r['frames']:6d} {r['frames_per_s']:9.1f} {r['ms_per_frame']:9.1f} {r['lidar_points_per_frame']:10d} "
               f"{r['radar_points_per_frame']:10d}")
+    d = results["depth_targets"]
+    print(f"camera depth targets (6 cameras, reference sweep of ~{d['points']} points, one core): "
+          + ", ".join(f"{k} {v['ms_per_frame']:.2f} ms/frame ({v['cells_per_camera']} of {v['cells']} cells "
+                      f"supervised)" for k, v in d["cases"].items())
+          + f"; per-camera Python reference at stride 16: {d['reference_ms_per_frame']:.0f} ms/frame")
     target = 20.0
     ok = results["lidar_radar"]["frames_per_s"] >= target
     print(f"target: >= {target:.0f} frames/s of LiDAR+radar assembly on one core: "
@@ -108,6 +114,43 @@ def bench_data(args) -> dict:
     if tmp:
         tmp.cleanup()
     return results
+
+
+def bench_depth_targets(fb, refs) -> dict:
+    """Cost of the camera depth targets in the data path (``perception.ops.depth_targets``) on real
+    keyframes, at the tiny (128 x 352) and nuScenes (256 x 704) input sizes and both strides, against
+    the per-camera Python reference (one frame)."""
+    import numpy as np
+
+    from perception.data.batch import resize_crop_matrix
+    from perception.ops.depth_targets import depth_target_maps, project_to_cells
+
+    frames = [fb.build(ref, load_images=False, with_gt=False) for ref in refs[:10]]
+    inputs = []
+    for f in frames:
+        pts = f.lidar_points[f.lidar_points[:, 5] == 0]
+        K = np.stack([c.intrinsics for c in f.cameras])
+        T = np.stack([c.T_ego_from_cam for c in f.cameras])
+        inputs.append((pts, K, T, [c.width for c in f.cameras], [c.height for c in f.cameras]))
+    out = {"frames": len(frames), "points": int(np.mean([len(i[0]) for i in inputs])), "cases": {}}
+    for hw in ((128, 352), (256, 704)):
+        for stride in (16, 8):
+            t0 = time.perf_counter()
+            cells = 0
+            for pts, K, T, ws, hs in inputs:
+                A = np.stack([resize_crop_matrix(w, h, hw) for w, h in zip(ws, hs)])
+                maps = depth_target_maps(pts, K, T, A, np.ones(len(K), bool), hw, stride)
+                cells += int((maps > 0).sum())
+            dt = time.perf_counter() - t0
+            out["cases"][f"{hw[0]}x{hw[1]}/s{stride}"] = {
+                "ms_per_frame": round(1e3 * dt / len(inputs), 2), "cells": (hw[0] // stride) * (hw[1] // stride),
+                "cells_per_camera": int(cells / len(inputs) / 6)}
+    pts, K, T, ws, hs = inputs[0]
+    t0 = time.perf_counter()
+    for i in range(len(K)):
+        project_to_cells(pts, K[i], T[i], resize_crop_matrix(ws[i], hs[i], (128, 352)), (128, 352), 16)
+    out["reference_ms_per_frame"] = round(1e3 * (time.perf_counter() - t0), 1)
+    return out
 
 
 def bench_model(args) -> dict:

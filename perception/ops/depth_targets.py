@@ -88,15 +88,21 @@ def depth_target_maps(points_ego: np.ndarray, K: np.ndarray, T_ego_from_cam: np.
     T = np.asarray(T_ego_from_cam, np.float64)[cams]
     R, t = T[:, :3, :3], T[:, :3, 3]
     P = np.asarray(img_aug, np.float64)[cams] @ np.asarray(K, np.float64)[cams]  # [n, 3, 3]
-    # camera coordinates of every point in every camera: [n, P, 3] = (p - t) R
-    p_cam = np.einsum("npk,nkj->npj", pts[None] - t[:, None], R)
-    uvw = np.einsum("npk,njk->npj", p_cam, P)
-    z = p_cam[..., 2]
+    # One BLAS product for every camera: per camera the affine maps of a point to its camera z and to
+    # (u w, v w, w), from p_cam = p R - t R and uvw = p_cam P^T.
+    to_cam = np.concatenate([R, -(t[:, None, :] @ R)], axis=1)  # [n, 4, 3]
+    to_uvw = to_cam @ P.transpose(0, 2, 1)  # [n, 4, 3]
+    n = len(cams)
+    maps = np.concatenate([to_cam[:, :, 2:3], to_uvw], axis=2)  # [n, 4, 4]: z, u w, v w, w
+    # [n * 4, P]: each camera's z, u w, v w, w as contiguous rows (the elementwise work below is the cost)
+    rows = maps.transpose(0, 2, 1).reshape(n * 4, 4)  # row k: coefficients of (x, y, z, 1)
+    proj = (rows[:, :3] @ pts.T + rows[:, 3:]).reshape(n, 4, len(pts))
+    z = proj[:, 0]  # [n, P] camera z (w equals it: K's last row is (0, 0, 1))
     ok = z >= min_depth
     with np.errstate(divide="ignore", invalid="ignore"):
-        u = np.where(ok, uvw[..., 0] / z, -1.0)
-        v = np.where(ok, uvw[..., 1] / z, -1.0)
-    ok &= (u >= 0.0) & (u < W) & (v >= 0.0) & (v < H)
+        u = proj[:, 1] / proj[:, 3]
+        v = proj[:, 2] / proj[:, 3]
+    ok &= (u >= 0.0) & (u < W) & (v >= 0.0) & (v < H)  # NaN (z = 0) compares False
     ci, pi = np.nonzero(ok)
     if len(ci) == 0:
         return out
