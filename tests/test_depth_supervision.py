@@ -247,3 +247,62 @@ def test_collate_stacks_targets(real_source):
     batch = collate([frame_to_sample(f, cfg) for f in frames])
     assert batch.depth_targets.shape[:2] == (2, 6)
     assert (batch.depth_targets[0] > 0).any() and (batch.depth_targets[1] > 0).any()
+
+
+def test_ray_geometry_of_a_level_front_camera():
+    """A front camera (optical axis = ego x, image down = ego -z) at 1.5 m: the principal point's ray is
+    level, rays below it point down by the angle the intrinsics say, and a flip mirrors x / z."""
+    from perception.models.camera.lss import LiftSplatEncoder
+    from perception.models.camera.resnet import resnet18
+
+    enc = LiftSplatEncoder(resnet18(8), 16, (1.0, 50.0, 2.0), 8, 16, (64, 176), [-25.6, -25.6, -5, 25.6, 25.6, 3],
+                           [0.8, 0.8, 8.0], 2, 16)
+    f, cx, cy = 100.0, 88.0, 32.0  # network-input pixels (img_aug = identity)
+    K = torch.tensor([[[f, 0.0, cx], [0.0, f, cy], [0.0, 0.0, 1.0]]])
+    T = torch.eye(4).unsqueeze(0)
+    T[0, :3, :3] = torch.tensor([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])  # cam x,y,z -> ego -y,-z,x
+    T[0, 2, 3] = 1.5
+    g = enc.cell_rays(K, torch.eye(3).unsqueeze(0), T)[0]  # [3, 4, 11]
+    s = 16.0
+    v = (torch.arange(4) + 0.5) * s
+    u = (torch.arange(11) + 0.5) * s
+    torch.testing.assert_close(g[0], ((u - cx) / f).expand(4, 11))
+    torch.testing.assert_close(g[1], ((v - cy) / f).view(4, 1).expand(4, 11))
+    # elevation: sine of the angle above the horizon, -y / |(x, y, 1)| in camera terms
+    expect = -g[1] / torch.sqrt(g[0] ** 2 + g[1] ** 2 + 1)
+    torch.testing.assert_close(g[2], expect)
+    assert (g[2][:2] > 0).all() and (g[2][2:] < 0).all()  # rows above / below the principal point
+    W = 176.0
+    flip = torch.tensor([[[-1.0, 0.0, W], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+    gf = enc.cell_rays(K, flip, T)[0]
+    torch.testing.assert_close(gf[0], g[0].flip(-1))
+    torch.testing.assert_close(gf[2], g[2])
+
+
+def test_eval_measures_camera_depth_per_camera_and_reports_it(real_source, tmp_path):
+    """Inference through ModelDetector accumulates the camera depth against the LiDAR per camera; with
+    the LiDAR dropped there is nothing to measure; report.md carries the table."""
+    from perception.eval import evaluate as ev
+    from perception.eval.report import depth_lines, parse_table
+
+    cfg = micro_cfg()
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    det = ev.ModelDetector(model, cfg)
+    tokens = ev.split_sample_tokens(real_source.nusc, "val")[:2]
+    inf = ev.run_inference(det, real_source, cfg, tokens)
+    summary = inf.depth.summary(cfg.data.cameras)
+    assert set(summary["per_camera"]) == set(cfg.data.cameras)
+    assert all(m is not None and m["cells"] > 0 for m in summary["per_camera"].values())
+    assert summary["all"]["cells"] == sum(m["cells"] for m in summary["per_camera"].values())
+    assert 0 < summary["all"]["abs_rel"] and 0 <= summary["all"]["delta1"] <= 1
+    # a second run starts from zero, and without the LiDAR nothing is measured
+    again = ev.run_inference(det, real_source, cfg, tokens)
+    assert again.depth.summary(cfg.data.cameras) == summary
+    blind = ev.run_inference(det, real_source, cfg, tokens, drop=["lidar"])
+    assert blind.depth is None or blind.depth.summary() is None
+    text = "## Camera depth\n\n" + "\n".join(depth_lines(summary)) + "\n"
+    rows = parse_table(text, "Camera depth")
+    assert set(rows) == set(cfg.data.cameras) | {"all"}
+    assert float(rows["all"][0]) == pytest.approx(summary["all"]["abs_rel"], abs=1e-4)
+    assert int(rows["CAM_BACK"][3]) == summary["per_camera"]["CAM_BACK"]["cells"]

@@ -22,7 +22,7 @@ SyncBatchNorm.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +90,11 @@ class CameraAwareDepthNet(nn.Module):
     and it is the plain 1x1 depth/context conv of BEVFusion's LSSTransform.
 
     in_channels: channels of the FPN map; num_depth: D bins; context_channels: C
+
+    Camera-aware, the depth branch also sees the geometry of each cell's ray (``ray_geometry``: its
+    normalized image-plane coordinates and its elevation in the ego frame) as extra input channels:
+    the depth of the road under a pixel is the camera height over the tangent of the ray's depression,
+    which a convolution cannot read off the image content.
     """
 
     def __init__(self, in_channels: int, num_depth: int, context_channels: int, camera_aware: bool = True):
@@ -102,7 +107,7 @@ class CameraAwareDepthNet(nn.Module):
                                      nn.Linear(hidden, 2 * in_channels))
             # A 3x3 layer before the depth logits: depth needs some spatial context (object size in
             # pixels), which the 1x1 projection alone does not see.
-            self.depth_conv = conv_norm_act(in_channels, in_channels, 3)
+            self.depth_conv = conv_norm_act(in_channels + NUM_RAY_CHANNELS, in_channels, 3)
             self.depth_out = nn.Conv2d(in_channels, self.num_depth, 1)
             self.context_out = nn.Conv2d(in_channels, context_channels, 1)
         else:
@@ -120,16 +125,34 @@ class CameraAwareDepthNet(nn.Module):
                 h = layer(h)
         return h
 
-    def forward(self, x: torch.Tensor, params: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """x: float[M, Cin, fH, fW] image features; params: float[M, 7] (camera_params) ->
+    def forward(self, x: torch.Tensor, params: torch.Tensor,
+                rays: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x: float[M, Cin, fH, fW] image features; params: float[M, 7] (camera_params); rays:
+        float[M, 3, fH, fW] (ray_geometry; needed when camera-aware) ->
         (depth logits float[M, D, fH, fW], context float[M, C, fH, fW])."""
         if not self.camera_aware:
             y = self.out(x)
             return y[:, :self.num_depth], y[:, self.num_depth:]
         M, C = x.shape[:2]
         gates = torch.sigmoid(self._mlp(params.to(x.dtype))).view(M, 2, C, 1, 1)
-        depth = self.depth_out(self.depth_conv(x * gates[:, 0]))
+        depth = self.depth_out(self.depth_conv(torch.cat([x * gates[:, 0], rays.to(x.dtype)], dim=1)))
         return depth, self.context_out(x * gates[:, 1])
+
+
+NUM_RAY_CHANNELS = 3
+
+
+def ray_geometry(rays_cam: torch.Tensor, R_ego_from_cam: torch.Tensor, feature_hw: Sequence[int]) -> torch.Tensor:
+    """float32[M, 3, fH, fW] per feature cell: the normalized image-plane coordinates (x / z, y / z) of
+    its ray in the camera frame and the ray's elevation (sine, ego up component of the unit ray).
+
+    rays_cam: float[M, fH * fW, 3] rays at camera depth 1, camera frame; R_ego_from_cam: float[M, 3, 3]
+    """
+    M = rays_cam.shape[0]
+    fH, fW = feature_hw
+    up = (rays_cam @ R_ego_from_cam.transpose(1, 2))[..., 2] / rays_cam.norm(dim=-1)
+    g = torch.stack([rays_cam[..., 0], rays_cam[..., 1], up], dim=1)  # [M, 3, fH * fW]
+    return g.float().view(M, NUM_RAY_CHANNELS, fH, fW)
 
 
 @dataclass
@@ -232,6 +255,13 @@ class LiftSplatEncoder(nn.Module):
         pts = d.view(1, D, 1, 1) * rays.unsqueeze(1) + t.view(M, 1, 1, 3)  # [M, D, fH*fW, 3]
         return pts.float().view(M, D, fH, fW, 3)
 
+    @torch.no_grad()
+    def cell_rays(self, intrinsics: torch.Tensor, img_aug: torch.Tensor, T_ego_from_cam: torch.Tensor) -> torch.Tensor:
+        """``ray_geometry`` of every feature cell: float32[M, 3, fH, fW] (inputs as ``ego_points``)."""
+        A = torch.linalg.inv(intrinsics.double()) @ torch.linalg.inv(img_aug.double())  # [M, 3, 3]
+        rays = self.frustum_pixels.to(A) @ A.transpose(1, 2)  # [M, fH*fW, 3], camera frame, z = 1
+        return ray_geometry(rays, T_ego_from_cam[:, :3, :3].to(A), self.feature_hw)
+
     def bev_coords(self, points: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """BEV cell of ego points: (int64[..., 2] (y, x), bool[...] inside the grid and z range).
 
@@ -249,14 +279,15 @@ class LiftSplatEncoder(nn.Module):
     # ------------------------------------------------------------------------------------------
     # Network
     # ------------------------------------------------------------------------------------------
-    def image_features(self, images: torch.Tensor, params: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """images: float[M, 3, H, W] normalized; params: float[M, 7] (``camera_params``) ->
-        (depth logits float[M, D, fH, fW], context float[M, C, fH, fW])."""
+    def image_features(self, images: torch.Tensor, params: torch.Tensor,
+                       rays: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """images: float[M, 3, H, W] normalized; params: float[M, 7] (``camera_params``); rays:
+        float[M, 3, fH, fW] (``ray_geometry``) -> (depth logits float[M, D, fH, fW], context float[M, C, fH, fW])."""
         # Plain NCHW on purpose: channels_last ran the width-16 CPU model about 1.5x faster, but with
         # torch 2.13's CPU build its oneDNN backward left the process to crash at exit (segfault after
         # the tests had passed), so it stays off until that is fixed upstream.
         _, c3, c4, c5 = self.backbone(images.contiguous())
-        return self.depth_net(self.neck(c3, c4, c5), params)
+        return self.depth_net(self.neck(c3, c4, c5), params, rays)
 
     def splat(self, depth: torch.Tensor, context: torch.Tensor, intrinsics: torch.Tensor, img_aug: torch.Tensor,
               T_ego_from_cam: torch.Tensor, batch_index: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -307,7 +338,8 @@ class LiftSplatEncoder(nn.Module):
             out = images.new_zeros(B, self.out_channels, Hb, Wb)
             return (out, None) if return_depth else out
         K, A, T = intrinsics[b_idx, n_idx], img_aug[b_idx, n_idx], T_ego_from_cam[b_idx, n_idx]
-        logits, context = self.image_features(images[b_idx, n_idx], camera_params(K, A, T, self.image_size))
+        logits, context = self.image_features(images[b_idx, n_idx], camera_params(K, A, T, self.image_size),
+                                              self.cell_rays(K, A, T))
         bev = self.splat(logits.softmax(dim=1), context, K, A, T, b_idx, B)
         out = self.bev_encoder(bev)
         # The norms' biases would make an empty canvas non-zero: a sample without cameras must read
