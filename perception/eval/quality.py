@@ -144,9 +144,10 @@ def run_quality(synthetic_root: str, real_root: str, work: str, steps: int, real
     for name, (cfg_name, over) in chosen.items():
         print(f"[quality] train {name} ({cfg_name} {' '.join(over)}, {steps} steps)", flush=True)
         t0 = time.time()
+        reused = os.path.isfile(os.path.join(work, name, "checkpoints", f"ckpt_{steps:08d}.pt"))
         ckpts[name] = train_once(os.path.join(CONFIGS, cfg_name), synthetic_root, os.path.join(work, name), steps,
                                  seed + over)
-        results["train_seconds"][name] = round(time.time() - t0)
+        results["train_seconds"][name] = "reused" if reused else round(time.time() - t0)
     for key, (model, drop, _) in SYNTHETIC_EVALS.items():
         if model not in chosen:
             continue
