@@ -211,23 +211,30 @@ def test_camera_path_runs_without_lidar_at_inference():
     assert cam1.abs().sum() > 0 and len(dets) == 2
 
 
-def test_training_batch_without_lidar_trains_the_camera():
+@pytest.mark.parametrize("aware", ["true", "false"])
+def test_training_batch_without_lidar_trains_the_camera(aware):
     """No LiDAR in the batch: no depth targets, zero depth loss, and the detection loss still trains the
     camera branch; with targets the depth loss reaches the depth net."""
-    cfg = micro_cfg()
+    cfg = micro_cfg(f"model.camera.camera_aware={aware}")
     torch.manual_seed(0)
     model = build_model(cfg).train()
     batch = _with_targets(random_batch(cfg, lidar=False), cfg, value=0.0)
     terms = model.loss(batch)
-    assert float(terms["depth"]) == 0.0 and torch.isfinite(terms["total"])
+    assert float(terms["depth"].detach()) == 0.0 and torch.isfinite(terms["total"])
     terms["total"].backward()
     assert model.camera.backbone.conv1.weight.grad.abs().sum() > 0
     model.zero_grad()
     batch = _with_targets(random_batch(cfg, lidar=False), cfg, value=10.0)
     terms = model.loss(batch)
-    assert float(terms["depth"]) > 0
+    assert float(terms["depth"].detach()) > 0
     terms["depth"].backward()
-    assert model.camera.depth_net.depth_out.weight.grad.abs().sum() > 0
+    net, D = model.camera.depth_net, model.camera.num_depth
+    if aware == "true":  # the depth branch learns from it, the context branch does not
+        for p in (net.depth_out.weight, net.depth_conv[0].weight, net.mlp[-1].weight):
+            assert p.grad.abs().sum() > 0
+        assert net.context_out.weight.grad is None or not net.context_out.weight.grad.any()
+    else:
+        assert net.out.weight.grad[:D].abs().sum() > 0 and not net.out.weight.grad[D:].any()
     # the depth term reaches nothing outside the camera encoder
     outside = [p.grad for name, p in model.named_parameters() if not name.startswith("camera.")]
     assert outside and all(g is None or not g.any() for g in outside)
