@@ -332,8 +332,9 @@ def test_nan_points_eval_completes_naming_each_file(nan_points, tmp_path, capsys
     _nan_warnings(caplog, bad)
 
 
-def test_nan_points_replay_frame_holds_only_finite_points(nan_points, tmp_path, capsys, caplog):
-    root, bad = nan_points
+def _replay_three_keyframes(root, tmp_path, capsys, caplog) -> list:
+    """tools/replay.py over 3 keyframes of scene-0523 (warnings captured): exit 0, no traceback;
+    returns the per-frame records of its JSON."""
     caplog.set_level(logging.WARNING)
     out = str(tmp_path / "replay.mp4")
     rc = _tool("replay")(["--dataroot", root, "--version", VERSION, "--scene", "scene-0523", "--out", out,
@@ -341,7 +342,12 @@ def test_nan_points_replay_frame_holds_only_finite_points(nan_points, tmp_path, 
     cap = capsys.readouterr()
     _no_traceback(cap.out, cap.err, caplog.text)
     assert rc == 0, cap.err[-3000:]
-    frames = json.load(open(os.path.splitext(out)[0] + ".json"))["frames"]
+    return json.load(open(os.path.splitext(out)[0] + ".json"))["frames"]
+
+
+def test_nan_points_replay_frame_holds_only_finite_points(nan_points, tmp_path, capsys, caplog):
+    root, bad = nan_points
+    frames = _replay_three_keyframes(root, tmp_path, capsys, caplog)
     _, n_lidar, total = bad["LIDAR_TOP"]
     assert len(frames) == 3 and frames[0]["lidar_token"] == _first_sample_lidar(_tables())["token"]
     assert frames[0]["status"]["LIDAR_TOP"]["present"] and frames[0]["status"]["RADAR_FRONT"]["present"]
@@ -423,14 +429,7 @@ def test_swapped_timestamps_eval_runs_and_says_so(swapped_timestamps, tmp_path, 
 
 def test_swapped_timestamps_replay_runs_in_time_order_and_says_so(swapped_timestamps, tmp_path, capsys, caplog):
     root, key, _, warning = swapped_timestamps
-    caplog.set_level(logging.WARNING)
-    out = str(tmp_path / "replay.mp4")
-    rc = _tool("replay")(["--dataroot", root, "--version", VERSION, "--scene", "scene-0523", "--out", out,
-                          "--headless", "--reference", "keyframes", "--max-frames", "3"])
-    cap = capsys.readouterr()
-    _no_traceback(cap.out, cap.err, caplog.text)
-    assert rc == 0, cap.err[-3000:]
-    frames = json.load(open(os.path.splitext(out)[0] + ".json"))["frames"]
+    frames = _replay_three_keyframes(root, tmp_path, capsys, caplog)
     assert len(frames) == 3 and frames[0]["lidar_token"] == key["token"]
     assert frames[0]["timestamp"] == key["timestamp"]  # the stamped (swapped) time
     assert [f["timestamp"] for f in frames] == sorted({f["timestamp"] for f in frames})

@@ -123,14 +123,16 @@ def _slice(x, b: int):
     return x[b:b + 1]
 
 
-def compute_losses(model: torch.nn.Module, bare, batch, reduction: str) -> Dict[str, torch.Tensor]:
+def compute_losses(model: torch.nn.Module, bare, batch, reduction: str,
+                   depth_metrics: bool = False) -> Dict[str, torch.Tensor]:
     """Loss terms and 'total' of a batch through ``model`` (the DDP wrapper when distributed, so its
     hooks see the forward); ``bare`` is the FusionDetector itself.
 
     reduction 'sample': every term is the mean over the samples of the head's loss of that sample
     alone; 'batch': the head's loss over the whole batch (its normalizers count the batch's objects).
-    The camera's depth term (``FusionDetector.depth_terms``) is added to the total; the depth metrics
-    of the batch ride along as detached 'depth_<metric>' entries (not part of the total).
+    The camera's depth term (``FusionDetector.add_depth_terms``) is added to the total; with
+    ``depth_metrics`` (logging steps) the batch's depth metrics ride along as detached 'depth_<metric>'
+    entries, not part of the total.
     """
     if batch.gt_boxes is None:
         raise ValueError("training needs ground truth in every batch")
@@ -151,10 +153,8 @@ def compute_losses(model: torch.nn.Module, bare, batch, reduction: str) -> Dict[
             for k, v in terms.items():
                 total[k] = total[k] + v if k in total else v
         total = {k: v / B for k, v in total.items()}
-    for k, v in bare.depth_terms(depth, batch, reduction).items():
-        total[k] = v
-        total["total"] = total["total"] + v
-    if depth is not None and batch.depth_targets is not None:
+    total = bare.add_depth_terms(total, depth, batch, reduction)
+    if depth_metrics and depth is not None and batch.depth_targets is not None:
         from ..models.camera.depth import batch_depth_metrics
 
         metrics = batch_depth_metrics(depth, batch.depth_targets, bare.camera.depth_bins)
@@ -432,7 +432,8 @@ def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: 
                 batch = lb.batch.to(device)
                 run_problems.merge(lb.problems)
                 with _autocast(t.amp, device):
-                    terms = compute_losses(ddp, bare, batch, t.loss_reduction)
+                    logging_step = (step + 1) % t.log_every == 0 or step + 1 == total_steps
+                    terms = compute_losses(ddp, bare, batch, t.loss_reduction, depth_metrics=logging_step)
                 keys = [k for k in LOSS_KEYS if k in terms]
                 metric_keys = [k for k in METRIC_KEYS if k in terms]
                 flag = 1.0 if stop["signal"] is not None else 0.0

@@ -51,9 +51,14 @@ def _run(cmd: List[str], log_path: str) -> None:
           flush=True)
 
 
+def final_checkpoint(work_dir: str, steps: int) -> str:
+    """The checkpoint a training of ``steps`` steps in ``work_dir`` ends with."""
+    return os.path.join(work_dir, "checkpoints", f"ckpt_{steps:08d}.pt")
+
+
 def train_once(config: str, dataroot: str, work_dir: str, steps: int, overrides: List[str]) -> str:
     """Train to ``steps`` (reusing a finished run); returns the final checkpoint path."""
-    final = os.path.join(work_dir, "checkpoints", f"ckpt_{steps:08d}.pt")
+    final = final_checkpoint(work_dir, steps)
     if not os.path.isfile(final):
         _run([sys.executable, os.path.join(TOOLS, "train.py"), config, "--dataroot", dataroot,
               "--version", "v1.0-trainval", "--work-dir", work_dir, "--max-steps", str(steps), "--resume",
@@ -144,7 +149,7 @@ def run_quality(synthetic_root: str, real_root: str, work: str, steps: int, real
     for name, (cfg_name, over) in chosen.items():
         print(f"[quality] train {name} ({cfg_name} {' '.join(over)}, {steps} steps)", flush=True)
         t0 = time.time()
-        reused = os.path.isfile(os.path.join(work, name, "checkpoints", f"ckpt_{steps:08d}.pt"))
+        reused = os.path.isfile(final_checkpoint(os.path.join(work, name), steps))
         ckpts[name] = train_once(os.path.join(CONFIGS, cfg_name), synthetic_root, os.path.join(work, name), steps,
                                  seed + over)
         results["train_seconds"][name] = "reused" if reused else round(time.time() - t0)

@@ -59,19 +59,22 @@ class FusionDetector(nn.Module):
             return self.head(fused, batch.ego_velocity), depth
         return self.head(self.encode(batch), batch.ego_velocity)
 
-    def depth_terms(self, depth, batch: Batch, reduction: str = "sample") -> Dict[str, torch.Tensor]:
-        """{'depth': weighted depth loss} when the model is depth-supervised, else {} (see
-        models.camera.depth); cells without a LiDAR point take no loss."""
+    def add_depth_terms(self, terms: Dict[str, torch.Tensor], depth, batch: Batch,
+                        reduction: str = "sample") -> Dict[str, torch.Tensor]:
+        """``terms`` with the weighted depth loss as 'depth', added to 'total', when the model is
+        depth-supervised (see models.camera.depth); cells without a LiDAR point take no loss."""
         if self.depth_loss_weight <= 0:
-            return {}
+            return terms
         if depth is None or batch.depth_targets is None:
             # no camera in the batch: the term is still reported (0), so every DDP rank reduces the
             # same list of terms
-            return {"depth": batch.ego_velocity.new_zeros(())}
-        from .camera.depth import depth_loss
+            value = batch.ego_velocity.new_zeros(())
+        else:
+            from .camera.depth import depth_loss
 
-        loss = depth_loss(depth, batch.depth_targets, self.camera.depth_bins, batch.batch_size, reduction)
-        return {"depth": self.depth_loss_weight * loss}
+            value = self.depth_loss_weight * depth_loss(depth, batch.depth_targets, self.camera.depth_bins,
+                                                        batch.batch_size, reduction)
+        return {**terms, "depth": value, "total": terms["total"] + value}
 
     def loss(self, batch: Batch) -> Dict[str, torch.Tensor]:
         """Loss terms (weighted) and 'total' against the batch's ground truth (the head's terms over the
@@ -80,11 +83,7 @@ class FusionDetector(nn.Module):
             raise ValueError("loss() needs a batch with ground truth (gt_boxes is None)")
         preds, depth = self(batch, return_depth=True)
         targets = self.head.targets(batch.gt_boxes, batch.gt_labels, batch.gt_attributes)
-        terms = self.head.loss(preds, targets)
-        for k, v in self.depth_terms(depth, batch, "batch").items():
-            terms[k] = v
-            terms["total"] = terms["total"] + v
-        return terms
+        return self.add_depth_terms(self.head.loss(preds, targets), depth, batch, "batch")
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> List[Detections]:

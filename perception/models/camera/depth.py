@@ -12,8 +12,7 @@ delta1 = share of cells with max(d / d*, d* / d) < 1.25.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,19 +61,20 @@ def expected_depth(logits: torch.Tensor, depth_bins: Sequence[float]) -> torch.T
     return (logits.float().softmax(dim=1) * centres.view(1, D, 1, 1)).sum(dim=1)
 
 
-@dataclass
 class DepthStats:
     """Running sums of the depth metrics per camera slot (``data.cameras`` order), mergeable across
-    batches and ranks. Only cells whose LiDAR depth lies inside the depth bins count."""
+    batches and ranks. Only cells whose LiDAR depth lies inside the depth bins count.
 
-    n: List[float] = field(default_factory=list)
-    abs_rel: List[float] = field(default_factory=list)
-    sq: List[float] = field(default_factory=list)
-    delta1: List[float] = field(default_factory=list)
+    sums: float64[4, N] (cells, sum of |d - d*| / d*, sum of (d - d*)^2, cells with delta < 1.25),
+    on the CPU; one device -> host copy per ``add``.
+    """
+
+    def __init__(self) -> None:
+        self.sums = torch.zeros(4, 0, dtype=torch.float64)
 
     def _grow(self, size: int) -> None:
-        for lst in (self.n, self.abs_rel, self.sq, self.delta1):
-            lst.extend([0.0] * (size - len(lst)))
+        if size > self.sums.shape[1]:
+            self.sums = torch.cat([self.sums, self.sums.new_zeros(4, size - self.sums.shape[1])], dim=1)
 
     @torch.no_grad()
     def add(self, depth, targets: torch.Tensor, depth_bins: Sequence[float]) -> None:
@@ -82,26 +82,18 @@ class DepthStats:
         if depth is None or targets is None:
             return
         gt = gather_targets(depth, targets).float()
-        valid = depth_bin_index(gt, depth_bins) >= 0
+        valid = (depth_bin_index(gt, depth_bins) >= 0).float()
         pred = expected_depth(depth.logits, depth_bins)
+        g = gt.clamp(min=1e-6)  # invalid cells are multiplied by 0 below
+        ratio = torch.maximum(pred / g, g / pred)
+        per_image = torch.stack([valid, (pred - g).abs() / g * valid, (pred - g) ** 2 * valid,
+                                 (ratio < 1.25).float() * valid]).flatten(2).sum(2)  # [4, M]
         self._grow(int(targets.shape[1]))
-        for m, cam in enumerate(depth.camera_index.tolist()):
-            v = valid[m]
-            if not bool(v.any()):
-                continue
-            d, g = pred[m][v], gt[m][v]
-            ratio = torch.maximum(d / g, g / d)
-            self.n[cam] += float(v.sum())
-            self.abs_rel[cam] += float(((d - g).abs() / g).sum())
-            self.sq[cam] += float(((d - g) ** 2).sum())
-            self.delta1[cam] += float((ratio < 1.25).sum())
+        self.sums.index_add_(1, depth.camera_index.cpu(), per_image.double().cpu())
 
     def merge(self, other: "DepthStats") -> None:
-        self._grow(len(other.n))
-        for mine, theirs in ((self.n, other.n), (self.abs_rel, other.abs_rel), (self.sq, other.sq),
-                             (self.delta1, other.delta1)):
-            for i, v in enumerate(theirs):
-                mine[i] += v
+        self._grow(other.sums.shape[1])
+        self.sums[:, :other.sums.shape[1]] += other.sums
 
     @staticmethod
     def _metrics(n: float, abs_rel: float, sq: float, delta1: float) -> Optional[Dict[str, float]]:
@@ -112,13 +104,12 @@ class DepthStats:
     def summary(self, channels: Optional[Sequence[str]] = None) -> Optional[Dict[str, object]]:
         """{'all': metrics, 'per_camera': {channel: metrics or None}} or None when nothing was measured;
         metrics = abs_rel, rmse (metres), delta1, cells."""
-        total = self._metrics(sum(self.n), sum(self.abs_rel), sum(self.sq), sum(self.delta1))
+        total = self._metrics(*self.sums.sum(dim=1).tolist())
         if total is None:
             return None
-        names = list(channels) if channels is not None else [str(i) for i in range(len(self.n))]
-        per = {names[i] if i < len(names) else str(i): self._metrics(self.n[i], self.abs_rel[i], self.sq[i],
-                                                                    self.delta1[i])
-               for i in range(len(self.n))}
+        N = self.sums.shape[1]
+        names = list(channels) if channels is not None else [str(i) for i in range(N)]
+        per = {names[i] if i < len(names) else str(i): self._metrics(*self.sums[:, i].tolist()) for i in range(N)}
         return {"all": total, "per_camera": per}
 
 
