@@ -427,6 +427,100 @@ class TrainConfig:
 
 
 @dataclass
+class TrackClassConfig:
+    """Tracker settings of one tracking class.
+
+    gate_m: largest centre distance (metres, BEV, global frame) between a detection moved back by its
+        velocity and a track's predicted centre for the two to be matched (CenterPoint's per-class
+        NUSCENE_CLS_VELOCITY_ERROR)
+    max_age: a track that goes this many consecutive frames unmatched is deleted; with fewer misses it
+        is kept (not reported) and can be matched again with its ID (CenterPoint: 3)
+    birth_score: an unmatched detection starts a new track from this score up (CenterPoint starts one
+        from every detection the detector outputs: 0)
+    """
+
+    gate_m: float = 4.0
+    max_age: int = 3
+    birth_score: float = 0.0
+
+    def validate(self, where: str, key: str) -> None:
+        if not self.gate_m > 0:
+            raise ConfigError(f"{where}: {key}.gate_m must be > 0, got {self.gate_m}")
+        if self.max_age < 1:
+            raise ConfigError(f"{where}: {key}.max_age must be >= 1, got {self.max_age}")
+        if not 0.0 <= self.birth_score <= 1.0:
+            raise ConfigError(f"{where}: {key}.birth_score must lie in [0, 1], got {self.birth_score}")
+
+
+# One class per tracking class so that a YAML section that sets only some keys
+# ('pedestrian: {max_age: 5}') keeps that class's own defaults for the others (a section is built
+# from its dataclass's defaults, not merged over the parent's). Gates: CenterPoint's nuScenes values.
+@dataclass
+class CarTrackConfig(TrackClassConfig):
+    gate_m: float = 4.0
+
+
+@dataclass
+class TruckTrackConfig(TrackClassConfig):
+    gate_m: float = 4.0
+
+
+@dataclass
+class BusTrackConfig(TrackClassConfig):
+    gate_m: float = 5.5
+
+
+@dataclass
+class TrailerTrackConfig(TrackClassConfig):
+    gate_m: float = 3.0
+
+
+@dataclass
+class PedestrianTrackConfig(TrackClassConfig):
+    gate_m: float = 1.0
+
+
+@dataclass
+class MotorcycleTrackConfig(TrackClassConfig):
+    gate_m: float = 13.0
+
+
+@dataclass
+class BicycleTrackConfig(TrackClassConfig):
+    gate_m: float = 3.0
+
+
+@dataclass
+class TrackingConfig:
+    """The online tracker (perception.tracking): one section per nuScenes tracking class, with
+    CenterPoint's nuScenes values as defaults (``TrackClassConfig``).
+
+    matching: 'greedy' (closest pairs first) or 'hungarian' (scipy's linear_sum_assignment on the
+        gated distances)
+    """
+
+    matching: str = "greedy"
+    car: CarTrackConfig = field(default_factory=CarTrackConfig)
+    truck: TruckTrackConfig = field(default_factory=TruckTrackConfig)
+    bus: BusTrackConfig = field(default_factory=BusTrackConfig)
+    trailer: TrailerTrackConfig = field(default_factory=TrailerTrackConfig)
+    pedestrian: PedestrianTrackConfig = field(default_factory=PedestrianTrackConfig)
+    motorcycle: MotorcycleTrackConfig = field(default_factory=MotorcycleTrackConfig)
+    bicycle: BicycleTrackConfig = field(default_factory=BicycleTrackConfig)
+
+    def validate(self, where: str) -> None:
+        if self.matching not in ("greedy", "hungarian"):
+            raise ConfigError(f"{where}: tracking.matching must be 'greedy' or 'hungarian', got {self.matching!r}")
+        for name in self.class_names():
+            getattr(self, name).validate(where, f"tracking.{name}")
+
+    @staticmethod
+    def class_names() -> Tuple[str, ...]:
+        """The nuScenes tracking classes (the devkit's tracking_nips_2019 names), in CLASSES order."""
+        return ("car", "truck", "bus", "trailer", "pedestrian", "motorcycle", "bicycle")
+
+
+@dataclass
 class Config:
     """The whole configuration; ``source`` is the file it was loaded from."""
 
@@ -436,10 +530,11 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     source: str = "<defaults>"
 
     def validate(self) -> "Config":
-        for section in (self.grid, self.sync, self.data, self.model, self.train):
+        for section in (self.grid, self.sync, self.data, self.model, self.train, self.tracking):
             section.validate(self.source)
         nx, ny, _ = self.grid.grid_size
         if nx % self.model.bev_stride or ny % self.model.bev_stride:

@@ -5,9 +5,13 @@
                          [--drop camera|lidar|radar|CHANNEL ...] [--robustness] [--batch-size N]
     python tools/eval.py CONFIG --oracle  --dataroot DIR ... --out OUT   # ground truth through the pipeline
     python tools/eval.py [CONFIG] --results FILE --dataroot DIR ... --out OUT   # an existing results file
+    ... --tracking                   # also track the detections and evaluate the tracks (any of the three)
 
 Writes OUT/results_nusc.json (not with --results), OUT/metrics_summary.json, OUT/metrics_details.json,
-OUT/plots/ (devkit) and OUT/report.md; with --robustness also OUT/robustness/<case>/ and OUT/robustness.json.
+OUT/plots/ (devkit) and OUT/report.md; with --robustness also OUT/robustness/<case>/ and OUT/robustness.json;
+with --tracking also OUT/tracking/ (results_tracking.json, the devkit's tracking_nips_2019 metrics) and a
+"Tracking" section in report.md. The oracle's tracker keeps missed tracks for the whole drive (see
+perception/eval/tracking.py: ORACLE_MAX_AGE).
 Shardable: torchrun --nproc-per-node N tools/eval.py ... (gloo on CPU, nccl on GPU); rank 0 writes.
 Unreadable sensor files make that sensor absent in that frame and are listed (per channel: count, first
 paths) on the console and in report.md's "Data problems"; --strict makes the first one an error instead.
@@ -62,6 +66,9 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
     ap.add_argument("--strict", action="store_true", help="an unreadable sensor file is an error, not an absent sensor")
     ap.add_argument("--no-plots", action="store_true", help="skip the devkit's PR and TP-error plots")
+    ap.add_argument("--tracking", action="store_true",
+                    help="run the tracker (config section 'tracking') over the detections of each scene in time "
+                         "order and evaluate the tracks with the devkit's TrackingEval (tracking_nips_2019)")
     args = ap.parse_args(argv)
     # WARNING: the first unreadable file of each channel is logged when it happens (the rest are counted)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -133,7 +140,20 @@ def main(argv=None) -> int:
             "sensors dropped": ", ".join(drop) or "none",
             "submission meta": ", ".join(k for k, v in (summary.get("meta") or meta or {}).items() if v) or "none",
         }
-        report = write_report(out, summary, provenance, robustness=rows, problems=problems, depth=depth)
+        tracking = None
+        if args.tracking:
+            from perception.eval import tracking as trk
+            from perception.tracking import tracker_from_config
+
+            tracker = tracker_from_config(cfg.tracking)
+            if args.oracle:
+                tracker = trk.oracle_tracker(tracker)
+            tracking = trk.evaluate_tracking(source.nusc, results_path, args.split, os.path.join(out, trk.TRACKING_DIR),
+                                             tracker, render_curves=render)
+            provenance["tracker"] = (f"{tracker.matching} matching, gates and max_age per class from the config"
+                                     + (f" (oracle: max_age {trk.ORACLE_MAX_AGE} frames)" if args.oracle else ""))
+        report = write_report(out, summary, provenance, robustness=rows, problems=problems, depth=depth,
+                              tracking=tracking)
     except (ev.EvalError, ExportError, ConfigError, DataRootError, CalibrationError, PoseError, SensorFileError,
             TrainCheckpointError, OSError) as e:
         print(f"eval: {one_line(e)}", file=sys.stderr)
@@ -150,6 +170,10 @@ def main(argv=None) -> int:
         print(f"camera depth: AbsRel {d['abs_rel']:.4f}  RMSE {d['rmse']:.3f} m  delta<1.25 {d['delta1']:.4f}")
     print(f"mAP {summary['mean_ap']:.4f}  NDS {summary['nd_score']:.4f}  report: {report}"
           + (f"  ({problems.total()} unreadable file(s): see report)" if problems else ""))
+    if tracking is not None:
+        t = tracking.summary
+        print(f"tracking: AMOTA {t['amota']:.4f}  AMOTP {t['amotp']:.4f}  MOTA {t['mota']:.4f}  IDS {t['ids']:.0f}  "
+              f"recall {t['recall']:.4f}  tracker {tracking.tracker_ms:.2f} ms/sample")
     return 0
 
 

@@ -67,7 +67,7 @@ def robustness_lines(rows: Sequence[Mapping]) -> List[str]:
 
 def write_report(out_dir: str, summary: Mapping, provenance: Mapping[str, object],
                  robustness: Optional[Sequence[Mapping]] = None, title: str = "Detection evaluation",
-                 problems=None, depth: Optional[Mapping] = None) -> str:
+                 problems=None, depth: Optional[Mapping] = None, tracking=None) -> str:
     """Write ``out_dir/report.md``; returns its path.
 
     provenance: ordered facts shown at the top (config, checkpoint, data root, version, split, mode,
@@ -76,6 +76,7 @@ def write_report(out_dir: str, summary: Mapping, provenance: Mapping[str, object
     problems: FileProblems of the inference (None: not recorded, e.g. a results file); a "Data
         problems" section says what was unreadable (that sensor was absent in that frame)
     depth: ``DepthStats.summary()`` of the camera branch against the LiDAR (None: no "Camera depth" section)
+    tracking: ``perception.eval.tracking.TrackingRun`` (None: no "Tracking" section)
     """
     from .export import write_text_atomic
 
@@ -99,6 +100,13 @@ def write_report(out_dir: str, summary: Mapping, provenance: Mapping[str, object
         lines += ["", "## Robustness to sensor failure", "",
                   "Each row removes the named sensors at inference (the frame builder marks them absent); "
                   "ratios are relative to the all-sensors run.", ""] + robustness_lines(robustness)
+    if tracking is not None:
+        from .tracking import tracking_report_lines
+
+        lines += ["", "## Tracking (nuScenes tracking_nips_2019)", "",
+                  "The detections above tracked scene by scene in time order (perception.tracking), evaluated with "
+                  "the devkit's TrackingEval; per class, MOTA, IDS, FRAG and recall are at the devkit's best-MOTA "
+                  "threshold.", ""] + tracking_report_lines(tracking.summary, tracking)
     plot_dir = os.path.join(out_dir, "plots")
     if os.path.isdir(plot_dir):
         plots = sorted(os.listdir(plot_dir))
