@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from . import rig
-from .lidar import T_global_from_ego, rigid_inverse, scene_boxes
+from .lidar import T_global_from_ego, rigid_inverse, scene_boxes, scene_classes, shape_parts
 from .world import (G_ASPHALT, G_CROSSWALK, G_GRASS, G_SIDEWALK, G_WHITE, G_YELLOW, STATIC_KINDS, World)
 from perception.structures import CLASS_TO_ID
 
@@ -38,19 +38,22 @@ class CameraConfig:
 
 
 @numba.njit(cache=True)
-def raster_kernel(corners, K, width, height, zbuf):
+def raster_kernel(corners, group, K, width, height, zbuf):
     """Draw boxes into a z-buffer (in place).
 
     corners: float64[N, 8, 3] box corners in the camera frame (x right, y down, z forward), m, in the
-    _SIGNS order; K: float64[3, 3]; zbuf: float64[H, W] camera-frame depth already drawn (ground), m
+    _SIGNS order; group: int64[N] the object each box is a part of (parts of one object consecutive);
+    K: float64[3, 3]; zbuf: float64[H, W] camera-frame depth already drawn (ground), m
     Returns objid int32[H, W] (-1 none), face int8[H, W], uvw float32[H, W, 3] box-local coordinates
-    in [0, 1], covered int64[N] pixels of the box's front faces inside the image (depth test ignored).
+    in [0, 1], covered int64[N] pixels of the box's front faces inside the image (depth test ignored)
+    that no earlier box of the same group covered, so a group's sum counts each pixel once.
     """
     N = corners.shape[0]
     objid = np.full((height, width), -1, dtype=np.int32)
     face = np.zeros((height, width), dtype=np.int8)
     uvw = np.zeros((height, width, 3), dtype=np.float32)
     covered = np.zeros(N, dtype=np.int64)
+    stamp = np.full((height, width), -1, dtype=np.int64)
     faces = np.array([[1, 3, 7, 5], [0, 2, 6, 4], [2, 3, 7, 6], [0, 1, 5, 4], [4, 5, 7, 6], [0, 1, 3, 2]])
     poly = np.zeros((8, 3))
     pattr = np.zeros((8, 3))
@@ -125,7 +128,9 @@ def raster_kernel(corners, K, width, height, zbuf):
                         # Half-open edge rule so that shared edges are drawn once.
                         if w0 < 0.0 or w1 < 0.0 or w2 < 0.0 or (w2 == 0.0 and tri < nc - 2):
                             continue
-                        covered[i] += 1
+                        if stamp[yy, xx] != group[i]:
+                            stamp[yy, xx] = group[i]
+                            covered[i] += 1
                         iz = w0 * iz0 + w1 * iz1 + w2 * iz2
                         z = 1.0 / iz
                         if z < zbuf[yy, xx]:
@@ -256,12 +261,15 @@ def render(world: World, channel: str, t_us: int, cfg: CameraConfig, rng: np.ran
     T_g_cam = T_global_from_ego(ego_xy, ego_yaw) @ rig.T_ego_from_sensor(channel)
     T_cam_g = rigid_inverse(T_g_cam)
     boxes, _, n_agents = scene_boxes(world, t_us)
-    # Cull boxes far away or behind the camera before rasterizing.
-    cen_c = boxes[:, :3] @ T_cam_g[:3, :3].T + T_cam_g[:3, 3]
-    rad = 0.5 * np.linalg.norm(boxes[:, 3:6], axis=1)
+    # Vehicles are drawn as their solid parts (bonnet, cabin, cab), like the LiDAR sees them; the
+    # appearance below works in the owner box's coordinates.
+    parts, owner, uvw0, uvw_scale = shape_parts(boxes, scene_classes(world))
+    # Cull parts far away or behind the camera before rasterizing.
+    cen_c = parts[:, :3] @ T_cam_g[:3, :3].T + T_cam_g[:3, 3]
+    rad = 0.5 * np.linalg.norm(parts[:, 3:6], axis=1)
     keep = (cen_c[:, 2] > -rad) & (np.linalg.norm(cen_c, axis=1) < 150.0 + rad)
     idx = np.nonzero(keep)[0]
-    bx = boxes[idx]
+    bx = parts[idx]
     c, s = np.cos(bx[:, 6]), np.sin(bx[:, 6])
     local = _SIGNS[None] * (bx[:, None, 3:6] / 2)
     gx = bx[:, None, 0] + c[:, None] * local[..., 0] - s[:, None] * local[..., 1]
@@ -277,7 +285,7 @@ def render(world: World, channel: str, t_us: int, cfg: CameraConfig, rng: np.ran
     t_ground[t_ground > 400.0] = np.inf
     t_ground = t_ground.astype(np.float64)
     zbuf = t_ground.copy()
-    objid, face, uvw, covered = raster_kernel(np.ascontiguousarray(corners_c), K, W, H, zbuf)
+    objid, face, uvw, covered = raster_kernel(np.ascontiguousarray(corners_c), owner[idx], K, W, H, zbuf)
     # Lighting: scene light with slow cloud variation over time.
     tau = (t_us - world.t0) * 1e-6
     light = world.light * (1.0 + 0.1 * np.sin(2 * np.pi * tau / 17.0 + world.sun[0] * 5))
@@ -299,9 +307,11 @@ def render(world: World, channel: str, t_us: int, cfg: CameraConfig, rng: np.ran
     # Objects.
     o = objid >= 0
     if np.any(o):
-        gid = idx[objid[o]]
+        pid = idx[objid[o]]
+        gid = owner[pid]
         f = face[o].astype(np.int64)
-        u, v, w = uvw[o][:, 0].astype(np.float64), uvw[o][:, 1].astype(np.float64), uvw[o][:, 2].astype(np.float64)
+        uvw_o = uvw0[pid] + uvw_scale[pid] * uvw[o].astype(np.float64)
+        u, v, w = uvw_o[:, 0], uvw_o[:, 1], uvw_o[:, 2]
         n_st = len(world.statics)
         codes = np.concatenate([np.array([CLASS_TO_ID[a.cls] for a in world.agents], np.int64),
                                 STATIC_CODE0 + world.static_kind])
@@ -326,9 +336,9 @@ def render(world: World, channel: str, t_us: int, cfg: CameraConfig, rng: np.ran
     img = img * 255.0 + rng.standard_normal(img.shape, dtype=np.float32) * cfg.noise
     image = np.clip(np.round(img), 0, 255).astype(np.uint8)
     visible = np.zeros(len(boxes), np.int64)
-    np.add.at(visible, idx[objid[o]], 1)
+    np.add.at(visible, owner[idx[objid[o]]], 1)
     cov = np.zeros(len(boxes), np.int64)
-    cov[idx] = covered
+    np.add.at(cov, owner[idx], covered)
     return image, visible[:n_agents], cov[:n_agents]
 
 

@@ -152,6 +152,58 @@ def scene_boxes(world: World, t_us: int):
     return boxes, refl, len(agents)
 
 
+# Vehicle bodies as solid parts in box-local unit coordinates (u back -> front, v right -> left,
+# w bottom -> top, each in [0, 1]): (u0, u1, v0, v1, w0, w1). A plain box looks the same from the
+# front and from the back, so a LiDAR-only model cannot tell a car's heading from its mirror image
+# (half of the synthetic cars used to come out turned by 180 degrees). A long bonnet in front of a
+# cabin that sits towards the rear, and a truck's low cab in front of its tall cargo box, give every
+# sensor that sees the shape (LiDAR, camera) a front and a back. The annotation stays the whole box.
+VEHICLE_PARTS = {
+    "car": ((0.0, 1.0, 0.0, 1.0, 0.0, 0.55), (0.12, 0.70, 0.05, 0.95, 0.55, 1.0)),
+    "truck": ((0.0, 0.71, 0.0, 1.0, 0.0, 1.0), (0.73, 1.0, 0.02, 0.98, 0.0, 0.78)),
+}
+
+
+def shape_parts(boxes: np.ndarray, classes) -> tuple:
+    """Split the boxes of shaped classes into their solid parts (VEHICLE_PARTS); others stay whole.
+
+    boxes: float64[N, 9] (x, y, z, l, w, h, yaw, vx, vy), same frame; classes: length-N class names
+    ('' for static structures). Returns (parts float64[M, 9] in the same layout, owner int64[M] index
+    into boxes, uvw0 float64[M, 3] and uvw_scale float64[M, 3]: a part's box-local coordinate
+    c in [0, 1] is uvw0 + uvw_scale * c in its owner's box-local coordinates).
+    """
+    parts, owner, uvw0, uvw_scale = [], [], [], []
+    for i, cls in enumerate(classes):
+        spec = VEHICLE_PARTS.get(cls)
+        if spec is None:
+            parts.append(boxes[i])
+            owner.append(i)
+            uvw0.append((0.0, 0.0, 0.0))
+            uvw_scale.append((1.0, 1.0, 1.0))
+            continue
+        x, y, z, L, W, H, yaw = boxes[i, :7]
+        c, s = np.cos(yaw), np.sin(yaw)
+        for u0, u1, v0, v1, w0, w1 in spec:
+            # centre offset in the box frame: u from back (-L/2) to front, v from right (-W/2) to left
+            du, dv, dw = ((u0 + u1) / 2 - 0.5) * L, ((v0 + v1) / 2 - 0.5) * W, ((w0 + w1) / 2 - 0.5) * H
+            p = boxes[i].copy()
+            p[0] = x + c * du - s * dv
+            p[1] = y + s * du + c * dv
+            p[2] = z + dw
+            p[3:6] = ((u1 - u0) * L, (v1 - v0) * W, (w1 - w0) * H)
+            parts.append(p)
+            owner.append(i)
+            uvw0.append((u0, v0, w0))
+            uvw_scale.append((u1 - u0, v1 - v0, w1 - w0))
+    return (np.array(parts, np.float64).reshape(-1, boxes.shape[1]), np.array(owner, np.int64),
+            np.array(uvw0, np.float64).reshape(-1, 3), np.array(uvw_scale, np.float64).reshape(-1, 3))
+
+
+def scene_classes(world: World) -> list:
+    """Class name per box of scene_boxes (agents first, '' for the static structures)."""
+    return [a.cls for a in world.agents] + [""] * len(world.statics)
+
+
 def _agent_refl(cls: str) -> float:
     return {"traffic_cone": 0.8, "barrier": 0.6, "pedestrian": 0.25, "bicycle": 0.3,
             "motorcycle": 0.4}.get(cls, 0.45)
@@ -182,6 +234,8 @@ def simulate_sweep(world: World, t_end: int, cfg: LidarConfig, rng: np.random.Ge
     col_origin = np.ascontiguousarray(T_rel[:, :3, 3])
     col_rot = np.ascontiguousarray(T_rel[:, :3, :3])
     boxes, refl, n_agents = scene_boxes(world, t_end)
+    boxes, owner, _, _ = shape_parts(boxes, scene_classes(world))
+    refl = refl[owner]
     R_end = T_end_g[:3, :3]
     c_s = boxes[:, :3] @ R_end.T + T_end_g[:3, 3]
     box_R = R_end @ _yaw_matrix(boxes[:, 6])
