@@ -14,6 +14,10 @@ setup(
         # Recent opencv wants numpy 2; this pin avoids a long resolver backtrack.
         "opencv-python-headless<4.12",
         "nuscenes-devkit==1.2.0",
+        # The devkit's TrackingEval (tools/eval.py --tracking) imports these lazily and names no
+        # versions; measured to work together: devkit 1.2.0, motmetrics 1.4.0, pandas 2.2, numpy 1.26.
+        "motmetrics==1.4.0",
+        "pandas>=2.0,<2.3",
         "numba>=0.58",
         "scipy>=1.10",
         "pyquaternion>=0.9.9",

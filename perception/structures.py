@@ -289,6 +289,8 @@ class Batch:
     sample_tokens, timestamps: per sample; T_global_from_ego: float64[B, 4, 4]
     depth_targets: float32[B, N, fH, fW] nearest LiDAR depth (camera z, metres) per camera feature cell,
         0 = no point; a training / evaluation signal only, never an encoder input; None without cameras
+    targets: the head's training targets of the batch (ops.center_targets.HeadTargets, built from
+        gt_* in the loader workers); None at evaluation and inference
     """
 
     lidar_points: list
@@ -307,6 +309,7 @@ class Batch:
     timestamps: List[int] = field(default_factory=list)
     T_global_from_ego: Optional[np.ndarray] = None
     depth_targets: Optional[object] = None
+    targets: Optional[object] = None
 
     @property
     def batch_size(self) -> int:
@@ -325,4 +328,4 @@ class Batch:
                      mv(self.img_aug), mv(self.T_ego_from_cam), mv(self.camera_mask), mv(self.modality_mask),
                      mv(self.ego_velocity), mv(self.gt_boxes), mv(self.gt_labels), mv(self.gt_attributes),
                      list(self.sample_tokens), list(self.timestamps), self.T_global_from_ego,
-                     mv(self.depth_targets))
+                     mv(self.depth_targets), None if self.targets is None else self.targets.to(device))

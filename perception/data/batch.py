@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..config import Config
+from ..ops.center_targets import HeadTargets
 from ..ops.depth_targets import depth_target_maps
 from ..structures import IMAGE_MEAN, IMAGE_STD, Batch, Frame
 
@@ -43,6 +44,9 @@ class Sample:
     problems: Optional[object] = None
     # float32[N, fH, fW] nearest LiDAR depth per camera feature cell (0 = none); None without cameras
     depth_targets: Optional[torch.Tensor] = None
+    # the head's training targets of this sample (ops.center_targets.HeadTargets, B = 1), built by
+    # the training dataset after augmentation; None elsewhere (evaluation, inference)
+    targets: Optional[HeadTargets] = None
 
 
 def resize_crop_matrix(width: int, height: int, out_hw: Sequence[int], flip: bool = False,
@@ -149,4 +153,6 @@ def collate(samples: List[Sample]) -> Batch:
         gt_attributes=[s.gt_attributes for s in samples] if has_gt else None,
         sample_tokens=[s.sample_token for s in samples], timestamps=[s.timestamp for s in samples],
         T_global_from_ego=np.stack([s.T_global_from_ego for s in samples]),
-        depth_targets=torch.stack([s.depth_targets for s in samples]) if has_depth else None)
+        depth_targets=torch.stack([s.depth_targets for s in samples]) if has_depth else None,
+        targets=HeadTargets.cat([s.targets for s in samples]) if all(s.targets is not None for s in samples)
+        else None)

@@ -29,6 +29,7 @@ from ..config import Config
 from ..fileio import atomic_write_bytes
 from ..data.batch import Sample, collate, frame_to_sample
 from ..data.problems import FileProblems
+from ..ops.center_targets import center_target_builder
 from ..structures import Batch
 from .augment import augment_frame, sample_rng
 
@@ -119,7 +120,8 @@ def build_index(dataroot: str, version: str, split: str, cfg: Config, cache_dir:
 # Dataset
 # ---------------------------------------------------------------------------------------------
 class TrainDataset(torch.utils.data.Dataset):
-    """Samples of an index, augmented as a function of (seed, epoch, index).
+    """Samples of an index, augmented as a function of (seed, epoch, index), with the head's targets
+    built from the augmented ground truth.
 
     Items are addressed by ``(epoch, index)`` keys (what ``ResumableSampler`` yields), so persistent
     workers need no epoch state and a sample's augmentation is the same in any worker and after a
@@ -130,8 +132,12 @@ class TrainDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, plans: Sequence, cfg: Config, augment: bool = True, seed: int = 0, max_retries: int = 8,
-                 strict: bool = False):
+                 strict: bool = False, targets: bool = True):
         self.plans = list(plans)
+        # The head's targets are built here, in the loader workers, from the augmented ground truth
+        # (``sample.targets``); targets=False leaves them to the trainer's main process (the old path,
+        # kept for the benchmark's before/after).
+        self.target_builder = center_target_builder(cfg) if targets else None
         self.cfg = cfg
         self.augment = augment and cfg.train.augment.enabled
         self.seed = seed
@@ -161,7 +167,11 @@ class TrainDataset(torch.utils.data.Dataset):
             rng = sample_rng(self.seed, epoch, index)
             frame, _, img_aug = augment_frame(frame, rng, self.cfg.train.augment, self.cfg.data.cameras,
                                               self.cfg.model.camera.image_size)
-        return frame_to_sample(frame, self.cfg, image_aug=img_aug)
+        sample = frame_to_sample(frame, self.cfg, image_aug=img_aug)
+        if self.target_builder is not None and sample.gt_boxes is not None:
+            sample.targets = self.target_builder(sample.gt_boxes.numpy(), sample.gt_labels.numpy(),
+                                                 sample.gt_attributes.numpy())
+        return sample
 
     def __getitem__(self, key) -> Sample:
         """The sample of ``key``, carrying in ``sample.problems`` what could not be read for it (a
@@ -261,7 +271,8 @@ class LoadedBatch:
         return LoadedBatch(Batch(pin(b.lidar_points), pin(b.radar_points), pin(b.images), pin(b.intrinsics),
                                  pin(b.img_aug), pin(b.T_ego_from_cam), pin(b.camera_mask), pin(b.modality_mask),
                                  pin(b.ego_velocity), pin(b.gt_boxes), pin(b.gt_labels), pin(b.gt_attributes),
-                                 b.sample_tokens, b.timestamps, b.T_global_from_ego, pin(b.depth_targets)),
+                                 b.sample_tokens, b.timestamps, b.T_global_from_ego, pin(b.depth_targets),
+                                 None if b.targets is None else b.targets.pin_memory()),
                            self.problems)
 
 

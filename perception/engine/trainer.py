@@ -137,7 +137,9 @@ def compute_losses(model: torch.nn.Module, bare, batch, reduction: str,
     if batch.gt_boxes is None:
         raise ValueError("training needs ground truth in every batch")
     preds, depth = model(batch, return_depth=True)
-    targets = bare.head.targets(batch.gt_boxes, batch.gt_labels, batch.gt_attributes)
+    # built by the loader workers (TrainDataset); a batch from elsewhere gets the head's reference
+    targets = (batch.targets if batch.targets is not None
+               else bare.head.targets(batch.gt_boxes, batch.gt_labels, batch.gt_attributes))
     if reduction == "batch":
         total = bare.head.loss(preds, targets)
     else:
@@ -439,7 +441,18 @@ def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: 
                 flag = 1.0 if stop["signal"] is not None else 0.0
                 values = torch.stack([terms[k].detach().float() for k in keys]
                                      + [torch.tensor(flag, device=device)])
-                values = all_reduce_mean(info, values).cpu()
+                values = all_reduce_mean(info, values)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(terms["total"]).backward()
+                scaler.unscale_(optimizer)
+                max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
+                gnorm_t = torch.nn.utils.clip_grad_norm_(params, max_norm)
+                # The step's one host read: the reduced losses (non-finite check, log, stop flag) and the
+                # gradient norm together, after the backward is queued, so the device is never left
+                # idle waiting for the host between forward and backward. A non-finite term is still
+                # caught before the optimizer changes the weights (only gradients exist by then).
+                host = torch.cat([values, gnorm_t.detach().float().reshape(1).to(values.device)]).cpu()
+                values, gnorm = host[:-1], float(host[-1])
                 bad = [k for k, v in zip(keys, values[:-1].tolist()) if not math.isfinite(v)]
                 if bad:
                     name = next((k for k in bad if k != "total"), bad[0])
@@ -447,11 +460,6 @@ def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: 
                         f"non-finite loss at step {step + 1} (epoch {epoch}, batch {batch_in_epoch}): "
                         f"loss term '{name}' is {values[keys.index(name)].item()}; stopped before updating "
                         f"the weights; last good checkpoint: {last_ckpt or 'none written yet'}")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(terms["total"]).backward()
-                scaler.unscale_(optimizer)
-                max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
-                gnorm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
                 if not math.isfinite(gnorm) and not scaler.is_enabled():
                     raise NonFiniteLossError(
                         f"non-finite gradient at step {step + 1} (epoch {epoch}, batch {batch_in_epoch}): "
@@ -461,8 +469,8 @@ def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: 
                 scaler.update()
                 lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                # no device synchronize for the timing: compute time ends at the host read above plus
+                # the optimizer's launch; its kernels overlap the next batch's host-side work
                 t_compute = time.perf_counter() - tick - t_data
                 step += 1
                 batch_in_epoch += 1

@@ -82,7 +82,8 @@ class FusionDetector(nn.Module):
         if batch.gt_boxes is None:
             raise ValueError("loss() needs a batch with ground truth (gt_boxes is None)")
         preds, depth = self(batch, return_depth=True)
-        targets = self.head.targets(batch.gt_boxes, batch.gt_labels, batch.gt_attributes)
+        targets = (batch.targets if batch.targets is not None  # built by the training loader's workers
+                   else self.head.targets(batch.gt_boxes, batch.gt_labels, batch.gt_attributes))
         return self.add_depth_terms(self.head.loss(preds, targets), depth, batch, "batch")
 
     @torch.no_grad()

@@ -14,7 +14,6 @@ Grid convention: cell (row y, col x) of an [H, W] map covers ego x in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -22,25 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...ops.center_targets import HeadTargets, gaussian_radius  # noqa: F401  (HeadTargets: re-exported)
 from ...ops.nms import circle_nms
 from ...structures import ATTRIBUTES, CLASSES, Boxes3D, Detections
 from ..common import conv_norm_act
 
 REG_TERMS = (("offset", 2), ("height", 1), ("size", 3), ("yaw", 2), ("velocity", 2))
-
-
-def gaussian_radius(height: float, width: float, min_overlap: float) -> float:
-    """CenterNet/CenterPoint's radius (cells) such that a box shifted by it keeps ``min_overlap`` IoU."""
-    a1, b1 = 1.0, height + width
-    c1 = width * height * (1 - min_overlap) / (1 + min_overlap)
-    r1 = (b1 + math.sqrt(b1 ** 2 - 4 * a1 * c1)) / 2
-    a2, b2 = 4.0, 2 * (height + width)
-    c2 = (1 - min_overlap) * width * height
-    r2 = (b2 + math.sqrt(b2 ** 2 - 4 * a2 * c2)) / 2
-    a3, b3 = 4 * min_overlap, -2 * min_overlap * (height + width)
-    c3 = (min_overlap - 1) * width * height
-    r3 = (b3 + math.sqrt(b3 ** 2 - 4 * a3 * c3)) / 2
-    return min(r1, r2, r3)
 
 
 def draw_gaussian(heatmap: np.ndarray, cx: int, cy: int, radius: int) -> None:
@@ -54,27 +40,6 @@ def draw_gaussian(heatmap: np.ndarray, cx: int, cy: int, radius: int) -> None:
     patch = heatmap[cy - top:cy + bottom, cx - left:cx + right]
     gp = g[radius - top:radius + bottom, radius - left:radius + right]
     np.maximum(patch, gp, out=patch)
-
-
-@dataclass
-class HeadTargets:
-    """Training targets of a batch.
-
-    heatmaps: per task float[B, n_classes_task, H, W]
-    indices: int64[B, K] flat cell index y * W + x of each target object (K = max_objects)
-    mask: bool[B, K] valid target slots; task_of: int64[B, K] task of each slot
-    regression: float[B, K, 10] (dx, dy, z, log l, log w, log h, sin, cos, vx, vy)
-    velocity_valid: bool[B, K] (nuScenes has no velocity for single-annotation tracks)
-    attributes: int64[B, K] attribute id or -1
-    """
-
-    heatmaps: List[torch.Tensor]
-    indices: torch.Tensor
-    mask: torch.Tensor
-    task_of: torch.Tensor
-    regression: torch.Tensor
-    velocity_valid: torch.Tensor
-    attributes: torch.Tensor
 
 
 class CenterHead(nn.Module):
@@ -142,7 +107,10 @@ class CenterHead(nn.Module):
     def targets(self, gt_boxes: List[torch.Tensor], gt_labels: List[torch.Tensor],
                 gt_attributes: List[torch.Tensor]) -> HeadTargets:
         """gt_boxes: B x float[K_i, 9] (x, y, z, l, w, h, yaw, vx, vy) ego frame; gt_labels: B x int64[K_i];
-        gt_attributes: B x int64[K_i] (-1 none). Boxes outside the grid are ignored."""
+        gt_attributes: B x int64[K_i] (-1 none). Boxes outside the grid are ignored.
+
+        The readable per-box reference: training builds the same targets in its loader workers
+        (``ops.center_targets.CenterTargetBuilder``, compared with this in the tests)."""
         H, W = self.bev_hw
         B, K = len(gt_boxes), self.max_objects
         heat = [np.zeros((B, len(t), H, W), np.float32) for t in self.tasks]
@@ -210,9 +178,12 @@ class CenterHead(nn.Module):
                 err = (pr.float() - tgt.regression[..., sl]).abs().sum(-1) * mm
                 terms[name] = terms[name] + err.sum() / n
             logits = self._gather(p["attribute"], tgt.indices)  # [B, K, 8]
-            am = m & (tgt.attributes >= 0)
-            if am.any():
-                terms["attribute"] = terms["attribute"] + F.cross_entropy(logits[am].float(), tgt.attributes[am])
+            am = (m & (tgt.attributes >= 0)).flatten()  # [B * K]
+            # Masked mean over all slots rather than logits[am]: indexing by a mask reads the mask's
+            # count on the host, a device sync per task and step. A batch without attributes adds 0.
+            ce = F.cross_entropy(logits.flatten(0, 1).float(), tgt.attributes.flatten().clamp(min=0),
+                                 reduction="none")
+            terms["attribute"] = terms["attribute"] + torch.where(am, ce, 0.0).sum() / am.sum().clamp(min=1)
         ref = preds[0]["heatmap"]
         out = {}
         for name, v in terms.items():
