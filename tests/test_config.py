@@ -15,14 +15,14 @@ def write(tmp_path, name, text):
 
 def test_default_config_loads_and_derives_grid():
     cfg = load_config(os.path.join(PROJECT, "configs", "default.yaml"))
-    # 102.4 m / 0.2 m = 512 cells; 8 m / 8 m = 1 pillar layer
+    # 102.4 m / 0.2 m = 512 cells; 10 m / 10 m = 1 pillar layer
     assert cfg.grid.grid_size == (512, 512, 1)
     assert cfg.grid.bev_shape == (512, 512)
     assert cfg.sync.lidar_sweeps == 10
 
 
 def test_grid_size_follows_voxel_size_override():
-    cfg = load_config(os.path.join(PROJECT, "configs", "default.yaml"), ["grid.voxel_size=[0.8, 0.8, 8.0]"])
+    cfg = load_config(os.path.join(PROJECT, "configs", "default.yaml"), ["grid.voxel_size=[0.8, 0.8, 10.0]"])
     assert cfg.grid.grid_size == (128, 128, 1)
 
 
@@ -78,8 +78,8 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_float_written_without_a_dot_is_a_number():
-    cfg = load_config(None, ["grid.voxel_size=[2e-1, 2e-1, 8]"])
-    assert cfg.grid.voxel_size == [0.2, 0.2, 8.0]
+    cfg = load_config(None, ["grid.voxel_size=[2e-1, 2e-1, 10]"])
+    assert cfg.grid.voxel_size == [0.2, 0.2, 10.0]
     from perception.config import ConfigError as CE
     with pytest.raises(CE, match="must be a number"):
         load_config(None, ["sync.lidar_cut_azimuth_deg=north"])

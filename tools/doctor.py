@@ -3,7 +3,9 @@
 
     python tools/doctor.py --dataroot DIR --version VERSION [--scene NAME] [--json OUT] [--keyframes-only]
 
-Prints one line per problem and a per-channel summary. Exit status: 0 nothing wrong, 1 problems
+Prints one line per problem and a per-channel summary, the share of LiDAR points within
+sync.lidar_remove_close of the sensor, and a warning when ground-truth boxes leave the config's
+grid.point_cloud_range in z (--config C: that config's grid; not a problem of the drive). Exit status: 0 nothing wrong, 1 problems
 found (a malformed table and dangling tokens too), 2 unusable arguments (bad root, version,
 scene or config).
 """
@@ -53,6 +55,19 @@ def main(argv=None) -> int:
                 print(f"   {ch:18s} {c['count']:5d} {fmt(c['rate_hz']):>8s} {fmt(c['median_period_ms']):>9s} "
                       f"{fmt(c['max_interval_ms']):>10s} {c['files_checked']:7d} {c['missing_files']:7d} "
                       f"{c['corrupt_files']:7d}")
+            for ch, c in sc["channels"].items():
+                if c.get("points_read"):
+                    print(f"   {ch}: {c['removed_close_fraction']:.1%} of {c['points_read']} points within "
+                          f"{c['remove_close_m']:g} m of the sensor (dropped by sync.lidar_remove_close)")
+    z = report.get("gt_z_range")
+    if z and z["outside"]:
+        by_class = ", ".join(f"{k} {v}" for k, v in sorted(z["outside_by_class"].items(), key=lambda kv: -kv[1]))
+        print(f"WARNING gt_z_range: {z['outside']} of {z['boxes']} ground-truth boxes leave grid.point_cloud_range "
+              f"z [{z['z_range'][0]:g}, {z['z_range'][1]:g}] m of the config ({by_class}); boxes span "
+              f"{z['lowest_bottom_m']:.2f} to {z['highest_top_m']:.2f} m in the ego frame")
+    elif z and not args.quiet:
+        print(f"   ground-truth boxes: all {z['boxes']} inside grid.point_cloud_range z "
+              f"[{z['z_range'][0]:g}, {z['z_range'][1]:g}] m")
     shown: dict = {}
     for p in report["problems"]:
         # Dangling tokens come by the million from one broken table of full nuScenes: the first

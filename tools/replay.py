@@ -5,10 +5,12 @@
                            [--out OUT.mp4] [--headless] [--realtime | --speed X] [--drop-sensor CHANNEL ...]
                            [--max-frames N] [--reference available|keyframes|all] [--png-dir DIR]
 
-Without --checkpoint it is a data viewer (sensors and ground truth). With a display and without
+Without --checkpoint it is a data viewer (sensors and ground truth). With one, the online tracker (the
+config's 'tracking' section) runs on the detections as they stream: track IDs and short trails in the
+cameras, the BEV panel and the 3D view, and the tracks in OUT.json (--no-track turns it off). With a display and without
 --headless: an interactive open3d window (space: pause/play, N: step, +/-: speed, Q/Esc: quit) beside
 the dashboard. With --headless or no display: offscreen rendering into OUT.mp4 (mp4v), OUT.json
-(one record per frame: detections, sensor status, stage timings) and optional PNGs.
+(one record per frame: detections, tracks, sensor status, stage timings) and optional PNGs.
 References: every LiDAR message whose file exists (default; the keyframes on roots without sweep
 files), --reference keyframes, or --reference all. Exit status: 0 done, 2 unusable arguments or inputs.
 """
@@ -51,6 +53,8 @@ def main(argv=None) -> int:
     ap.add_argument("--strict", action="store_true", help="an unreadable sensor file is an error, not an absent sensor")
     ap.add_argument("--min-score", type=float, default=0.25, help="draw predictions from this score up (all are logged)")
     ap.add_argument("--video-fps", type=float, help="video frame rate (default: the recorded reference rate)")
+    ap.add_argument("--no-track", action="store_true", help="do not run the tracker on the detections")
+    ap.add_argument("--trail", type=int, default=10, metavar="N", help="past centres drawn per track (default 10)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -67,6 +71,8 @@ def main(argv=None) -> int:
         ap.error("--speed must be > 0")
     if a.max_frames is not None and a.max_frames < 1:
         ap.error("--max-frames must be >= 1")
+    if a.trail < 1:
+        ap.error("--trail must be >= 1")
     if a.checkpoint and not a.config:
         ap.error("--checkpoint needs --config (the model's architecture)")
     headless = a.headless or not has_display()
@@ -92,7 +98,7 @@ def main(argv=None) -> int:
                          out_json=os.path.splitext(out)[0] + ".json" if out else None,
                          png_dir=a.png_dir, png_every=a.png_every, headless=headless, renderer=a.renderer,
                          color_by=a.color_by, video_fps=a.video_fps,
-                         min_score=a.min_score)
+                         min_score=a.min_score, track=not a.no_track, trail_length=a.trail)
     try:
         player = Player(source, a.scene, cfg, detector, opts)
         player.builder.missing.strict = a.strict

@@ -4,7 +4,8 @@ collation of samples into the typed ``Batch``.
 Images: resized so the width fits the network input, then cropped from the top (sky carries little),
 as BEVFusion does; ``img_aug`` records the mapping original pixel -> network pixel so the lift step
 can undo it. Ground truth: boxes inside the BEV range that hold at least one LiDAR or radar point
-(nuScenes' evaluation drops the others, so training on them teaches the model to hallucinate).
+(``gt_filter.used_gt_mask``: nuScenes' evaluation drops the others, so training on them teaches the
+model to hallucinate).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ..config import Config
 from ..ops.center_targets import HeadTargets
 from ..ops.depth_targets import depth_target_maps
 from ..structures import IMAGE_MEAN, IMAGE_STD, Batch, Frame
+from .gt_filter import used_gt_mask
 
 
 @dataclass
@@ -120,11 +122,7 @@ def frame_to_sample(frame: Frame, cfg: Config, image_aug: Optional[Sequence[np.n
 
     gt_boxes = gt_labels = gt_attrs = None
     if frame.gt is not None:
-        g = frame.gt
-        r = cfg.grid.point_cloud_range
-        inside = (g.boxes[:, 0] >= r[0]) & (g.boxes[:, 0] < r[3]) & (g.boxes[:, 1] >= r[1]) & (g.boxes[:, 1] < r[4])
-        seen = (g.num_lidar_pts + g.num_radar_pts > 0) | (g.num_lidar_pts < 0)
-        g = g.select(inside & seen)
+        g = frame.gt.select(used_gt_mask(frame.gt, cfg.grid.point_cloud_range))
         gt_boxes = torch.from_numpy(g.boxes.astype(np.float32))
         gt_labels = torch.from_numpy(g.labels)
         gt_attrs = torch.from_numpy(g.attributes)

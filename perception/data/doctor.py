@@ -10,7 +10,10 @@ sample_data chain, ego poses that do not match their message's time, missing and
 LiDAR file whose size is not a multiple of 20 bytes, a radar file whose header disagrees with its
 size, an unreadable image, NaN or inf points), LiDAR blackouts (runs of sweeps with almost no
 points), calibration validity, and per keyframe the synchronizer's choice for every channel with its
-offset (and whether it agrees with the dataset's own keyframe association). Every problem names the
+offset (and whether it agrees with the dataset's own keyframe association). Not problems, but
+reported: per LiDAR channel the fraction of points ``sync.lidar_remove_close`` drops (the car's own
+returns), and the ground-truth boxes that leave the config's ``grid.point_cloud_range`` in z (a
+grid that cuts objects; ``gt_z_range``). Every problem names the
 file or record it concerns; a problem that spans time (a silent interval, a blackout, a jittery
 clock) is one line with its interval. Thresholds are below, each with the real-data figure it
 leaves room for.
@@ -25,6 +28,9 @@ import numpy as np
 
 from ..config import Config
 from ..structures import LIDAR_CHANNEL, modality_of
+from ..geometry import invert
+from .convert import gt_boxes_global
+from .gt_filter import GtZRange
 from ..sync.calibration import CalibrationError, calibration_from_record
 from . import io
 from .nuscenes_source import NuScenesSource, TableError, dangling_tokens, open_nuscenes, read_tables
@@ -68,8 +74,11 @@ class Problem:
         return f"{self.scene} {self.channel or '-'} {self.where}: {self.message}"
 
 
-def _check_file(source: NuScenesSource, msg) -> Optional[Problem]:
-    """One sensor file: None when fine, else the problem."""
+def _check_file(source: NuScenesSource, msg, close_radius: float = 0.0,
+                stats: Optional[Dict[str, int]] = None) -> Optional[Problem]:
+    """One sensor file: None when fine, else the problem. A LiDAR file that reads fine adds its point
+    count to ``stats['points']`` and its points within ``close_radius`` of the sensor (the ones
+    ``sync.lidar_remove_close`` drops) to ``stats['close']``."""
     path = source.path(msg)
     rel = msg.filename
 
@@ -89,6 +98,11 @@ def _check_file(source: NuScenesSource, msg) -> Optional[Problem]:
             bad = int((~np.isfinite(pts).all(axis=1)).sum())
             if bad:
                 return problem("nonfinite_points", f"{bad} of {len(pts)} points have NaN or inf values")
+            if stats is not None:
+                from ..sync.synchronizer import close_mask
+
+                stats["points"] = stats.get("points", 0) + len(pts)
+                stats["close"] = stats.get("close", 0) + int(close_mask(pts, close_radius).sum())
         elif mod == "radar":
             with open(path, "rb") as f:
                 blob = f.read()
@@ -167,11 +181,12 @@ def check_scene(source: NuScenesSource, scene_name: str, cfg: Config, keyframes_
         # Files.
         missing_sweeps = []
         lidar_points = []  # (message, points) of the LiDAR files that read fine
+        close = {"points": 0, "close": 0} if modality_of(ch) == "lidar" else None
         for m in cidx.messages:
             if keyframes_only and not m.is_key_frame:
                 continue
             info["files_checked"] += 1
-            p = _check_file(source, m)
+            p = _check_file(source, m, cfg.sync.lidar_remove_close, close)
             if p is None:
                 if ch == LIDAR_CHANNEL:
                     lidar_points.append((m, os.path.getsize(source.path(m)) // io.LIDAR_POINT_BYTES))
@@ -195,6 +210,11 @@ def check_scene(source: NuScenesSource, scene_name: str, cfg: Config, keyframes_
             problems.extend(missing_sweeps)
         if ch == LIDAR_CHANNEL:
             problems.extend(_lidar_blackouts(lidar_points, scene_name))
+        if close is not None:
+            # What sync.lidar_remove_close takes from the sweeps (not a problem: the car's own returns)
+            info.update(remove_close_m=cfg.sync.lidar_remove_close, points_read=close["points"],
+                        points_removed_close=close["close"],
+                        removed_close_fraction=round(close["close"] / close["points"], 4) if close["points"] else None)
         # Calibration (each record once per scene).
         for cs_token in sorted({m.calibrated_sensor_token for m in cidx.messages}):
             m = next(x for x in cidx.messages if x.calibrated_sensor_token == cs_token)
@@ -206,15 +226,20 @@ def check_scene(source: NuScenesSource, scene_name: str, cfg: Config, keyframes_
         channels[ch] = info
 
     keyframes: Dict[str, Dict] = {}
+    gt_z = None
     if LIDAR_CHANNEL not in idx.channels:
         problems.append(Problem("no_messages", scene_name, LIDAR_CHANNEL, f"scene {idx.scene_token}",
                                 "no LiDAR messages: nothing to synchronize against"))
     elif not any(p.kind == "calibration" for p in problems):
         fb = FrameBuilder(source, scene_name, cfg)
         problems.extend(_camera_clocks(idx, fb.sync.trigger_offset_us, scene_name))
+        gt_z = GtZRange(cfg.grid.point_cloud_range)
         for sample_token in idx.sample_tokens:
             sample = nusc.get("sample", sample_token)
             ref = fb.reference_for_sample(sample_token)
+            # the ego pose at the reference time, as FrameBuilder.plan puts the ground truth
+            T_global_from_ref = fb.poses.transforms(np.array([ref.timestamp], np.int64))[0]
+            gt_z.add(gt_boxes_global(nusc, sample_token).transformed(invert(T_global_from_ref), "ego"))
             sel = fb.sync.select(ref)
             entry = {}
             for ch, choice in sel.choices.items():
@@ -230,7 +255,7 @@ def check_scene(source: NuScenesSource, scene_name: str, cfg: Config, keyframes_
                         f"synchronizer found no message ({choice.reason}); the dataset's keyframe is {expected} "
                         f"(offset {exp_t - ref.timestamp} us)"))
             keyframes[sample_token] = entry
-    return {"channels": channels, "keyframes": keyframes, "problems": problems}
+    return {"channels": channels, "keyframes": keyframes, "problems": problems, "gt_z_range": gt_z}
 
 
 def _period(ts: np.ndarray, ch: str, nominal_us: float = 0.0) -> float:
@@ -408,11 +433,17 @@ def run_doctor(dataroot: str, version: str, cfg: Config, scene: Optional[str] = 
     source = NuScenesSource(dataroot, version, nusc=open_nuscenes(dataroot, version, tables=tables),
                             radar_default_filters=cfg.sync.radar_default_filters)
     names = [source.scene(scene)["name"]] if scene else source.scene_names()
+    gt_z = GtZRange(cfg.grid.point_cloud_range)
     for name in names:
         res = check_scene(source, name, cfg, keyframes_only)
         report["scenes"][name] = {"channels": res["channels"], "num_keyframes": len(res["keyframes"])}
+        if res["gt_z_range"] is not None:
+            report["scenes"][name]["gt_z_range"] = res["gt_z_range"].summary()
+            gt_z.merge(res["gt_z_range"])
         report["keyframes"].update(res["keyframes"])
         report["problems"].extend(asdict(p) | {"line": p.line()} for p in res["problems"])
+    # A warning, not a problem: the drive is fine, the config's grid cuts its objects
+    report["gt_z_range"] = gt_z.summary()
     return report
 
 

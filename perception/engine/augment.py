@@ -34,9 +34,13 @@ from ..config import AugmentConfig
 from ..structures import Boxes3D, CameraImage, Frame, wrap_angle
 
 
-def sample_rng(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.Generator:
-    """The generator of one sample's augmentation (independent of workers and resumes)."""
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), int(index), int(stream)])
+def sample_rng(seed: int, epoch: int, index: int, stream: int = 0, copy: int = 0) -> np.random.Generator:
+    """The generator of one sample's augmentation (independent of workers and resumes).
+
+    copy: the repetition of the sample within the epoch (class-balanced sampling repeats samples);
+    copy 0 is the generator of the plain order, unchanged."""
+    key = [int(seed) & 0xFFFFFFFF, int(epoch), int(index), int(stream)]
+    return np.random.default_rng(key + [int(copy)] if copy else key)
 
 
 def global_transform(rot: float = 0.0, scale: float = 1.0, flip_x: bool = False, flip_y: bool = False,

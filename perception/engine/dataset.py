@@ -20,7 +20,7 @@ import logging
 import os
 import pickle
 from dataclasses import asdict
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -155,16 +155,17 @@ class TrainDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.plans)
 
-    def load(self, epoch: int, index: int, problems: Optional[FileProblems] = None) -> Sample:
+    def load(self, epoch: int, index: int, problems: Optional[FileProblems] = None, copy: int = 0) -> Sample:
         """One sample (raises on failure; ``__getitem__`` handles that). Unreadable files go to
-        ``problems`` (default: this dataset's ``missing``)."""
+        ``problems`` (default: this dataset's ``missing``). ``copy``: which repetition of the sample
+        in the epoch (``ClassBalancedSampler``), so that repeats are augmented differently."""
         from ..sync.synchronizer import assemble_frame
 
         frame = assemble_frame(self.plans[index], drop=self.drop, load_images=self.load_images,
                                missing=self.missing if problems is None else problems)
         img_aug = None
         if self.augment:
-            rng = sample_rng(self.seed, epoch, index)
+            rng = sample_rng(self.seed, epoch, index, copy=copy)
             frame, _, img_aug = augment_frame(frame, rng, self.cfg.train.augment, self.cfg.data.cameras,
                                               self.cfg.model.camera.image_size)
         sample = frame_to_sample(frame, self.cfg, image_aug=img_aug)
@@ -179,12 +180,13 @@ class TrainDataset(torch.utils.data.Dataset):
         are separate processes, so this is how their problems reach the trainer's summary."""
         from ..data.io import SensorFileError
 
-        epoch, index = key if isinstance(key, tuple) else (0, int(key))
+        # (epoch, index) from ResumableSampler, (epoch, index, copy) from ClassBalancedSampler
+        epoch, index, copy = (tuple(key) + (0,))[:3] if isinstance(key, tuple) else (0, int(key), 0)
         problems = FileProblems(strict=self.strict)
         for attempt in range(self.max_retries + 1):
             i = (index + attempt) % len(self.plans)
             try:
-                sample = self.load(epoch, i, problems)
+                sample = self.load(epoch, i, problems, copy=copy)
                 self.missing.merge(problems)
                 sample.problems = problems
                 return sample
@@ -246,6 +248,103 @@ class ResumableSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return (self.steps_per_epoch - self.start_step) * self.batch_size
+
+
+def sample_classes(plans: Sequence, cfg: Config) -> List[np.ndarray]:
+    """Per plan the sorted class ids (int64[K], indices into CLASSES) of the ground truth training
+    uses (``used_gt_mask``, before augmentation), as CBGS groups samples; empty without ground truth."""
+    from ..data.gt_filter import used_gt_mask
+
+    out = []
+    for p in plans:
+        gt = getattr(p, "gt", None)
+        if gt is None or not len(gt):
+            out.append(np.zeros(0, np.int64))
+            continue
+        out.append(np.unique(gt.labels[used_gt_mask(gt, cfg.grid.point_cloud_range)]).astype(np.int64))
+    return out
+
+
+class ClassBalancedSampler(ResumableSampler):
+    """CBGS (CenterPoint / BEVFusion's class-balanced grouping and sampling) as a resumable order.
+
+    Grouping: for every class, the samples that hold it (a sample with k classes is in k groups).
+    Sampling, as mmdet3d's ``CBGSDataset``: with P the number of (sample, class) pairs and C the
+    classes present, group c of n_c samples contributes int(n_c * (1 / C) / (n_c / P)) = int(P / C)
+    draws with replacement, so every class holds an equal share of the epoch and rare classes'
+    samples repeat; an epoch has about P samples. Classes no sample holds are left out (mmdet3d
+    divides by zero there); samples without any class are never drawn.
+
+    Unlike mmdet3d (one draw when the dataset is built), the draws are made per epoch from
+    (seed, epoch) alone, so later epochs repeat other samples of the rare classes, and everything
+    ``ResumableSampler`` guarantees holds: the same order in every process and after a resume
+    (``set_epoch(epoch, start_step)``), rank slices of one global order. Keys are
+    ``(epoch, index, copy)``: copy counts the earlier occurrences of the sample in the epoch's
+    order, so that ``TrainDataset`` augments each repeat differently (copy 0 is augmented as the
+    plain sampler's key would be).
+
+    sample_classes: per sample the class ids it holds (``sample_classes(plans, cfg)``)
+    """
+
+    def __init__(self, sample_classes: Sequence[np.ndarray], batch_size: int, world_size: int = 1, rank: int = 0,
+                 seed: int = 0, shuffle: bool = True):
+        groups: Dict[int, List[int]] = {}
+        for i, classes in enumerate(sample_classes):
+            for c in np.unique(np.asarray(classes, np.int64)):
+                groups.setdefault(int(c), []).append(i)
+        if not groups:
+            raise DataError("train.cbgs: no sample of the index holds a ground-truth box of any class")
+        self.classes = sorted(groups)
+        self.groups = [np.asarray(groups[c], np.int64) for c in self.classes]
+        pairs = sum(len(g) for g in self.groups)
+        # mmdet3d's int(len(cls_inds) * ratio), ratio = frac / class_distribution; the same integer
+        # for every class up to float rounding, computed as theirs for counts that match
+        self.draws = [int(len(g) * ((1.0 / len(self.groups)) / (len(g) / pairs))) for g in self.groups]
+        self.num_source_samples = len(sample_classes)
+        super().__init__(sum(self.draws), batch_size, world_size, rank, seed, shuffle)
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """int64[n] the epoch's draws (sample indices, class groups one after another, unshuffled)."""
+        rng = np.random.default_rng([int(self.seed) & 0xFFFFFFFF, int(epoch), 0xCB65])
+        return np.concatenate([rng.choice(g, size=k, replace=True) for g, k in zip(self.groups, self.draws)])
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """int64[steps_per_epoch * global_batch] sample indices of the whole epoch (all processes)."""
+        drawn = self.epoch_indices(epoch)
+        if self.shuffle:
+            drawn = drawn[np.random.default_rng([int(self.seed) & 0xFFFFFFFF, int(epoch), 0x5A3]).permutation(len(drawn))]
+        return np.resize(drawn, self.steps_per_epoch * self.global_batch)  # wraps around
+
+    @staticmethod
+    def copy_numbers(order: np.ndarray) -> np.ndarray:
+        """int64[n]: for each position, how many times its sample occurred before it in ``order``."""
+        n = len(order)
+        by_sample = np.argsort(order, kind="stable")  # positions grouped by sample, in order within
+        sorted_ids = order[by_sample]
+        starts = np.r_[0, np.nonzero(np.diff(sorted_ids))[0] + 1]
+        first_of_run = np.zeros(n, np.int64)
+        first_of_run[starts] = starts
+        np.maximum.accumulate(first_of_run, out=first_of_run)
+        copies = np.empty(n, np.int64)
+        copies[by_sample] = np.arange(n) - first_of_run
+        return copies
+
+    def __iter__(self) -> Iterator[Tuple[int, int, int]]:
+        order = self.epoch_order(self.epoch)
+        copies = self.copy_numbers(order)
+        for s in range(self.start_step, self.steps_per_epoch):
+            lo = s * self.global_batch + self.rank * self.batch_size
+            for i, c in zip(order[lo:lo + self.batch_size], copies[lo:lo + self.batch_size]):
+                yield (self.epoch, int(i), int(c))
+
+
+def make_sampler(plans: Sequence, cfg: Config, world_size: int = 1, rank: int = 0) -> ResumableSampler:
+    """The training sampler the config asks for: ``ClassBalancedSampler`` with ``train.cbgs``, else the
+    plain shuffled ``ResumableSampler`` over the plans."""
+    t = cfg.train
+    if t.cbgs:
+        return ClassBalancedSampler(sample_classes(plans, cfg), t.batch_size, world_size, rank, t.seed, shuffle=True)
+    return ResumableSampler(len(plans), t.batch_size, world_size, rank, t.seed, shuffle=True)
 
 
 # ---------------------------------------------------------------------------------------------

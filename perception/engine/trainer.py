@@ -39,8 +39,9 @@ import torch
 from ..config import Config, ConfigError
 from . import checkpoint as ckpt
 from ..data.problems import FileProblems
-from .dataset import (DataError, ResumableSampler, TrainDataset, build_index, collate_samples, shutdown_loader,
-                      worker_init)
+from ..data.gt_filter import GtZRange
+from .dataset import (DataError, ResumableSampler, TrainDataset, build_index, collate_samples, make_sampler,
+                      shutdown_loader, worker_init)
 from .distributed import (DistInfo, all_gather_objects, all_reduce_mean, barrier, cleanup, convert_batchnorm,
                           init_distributed)
 
@@ -293,8 +294,11 @@ def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: 
     if info.local_rank != 0:
         plans = build_index(dataroot, version, t.split, cfg, cache_dir)
 
+    if info.is_main:
+        # a grid that cuts the objects it is trained on: said once, at the start (tools/doctor.py too)
+        GtZRange(cfg.grid.point_cloud_range).add_all(p.gt for p in plans).warn(f"ground-truth boxes of split {t.split}")
     dataset = TrainDataset(plans, cfg, augment=True, seed=t.seed, strict=strict)
-    sampler = ResumableSampler(len(dataset), t.batch_size, info.world_size, info.rank, t.seed, shuffle=True)
+    sampler = make_sampler(plans, cfg, info.world_size, info.rank)  # train.cbgs: class-balanced
     loader_gen = torch.Generator()
     loader_gen.manual_seed(t.seed)
     loader = torch.utils.data.DataLoader(
@@ -395,13 +399,16 @@ def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: 
     if info.is_main:
         logger.record({"event": "start", "time": time.time(), "world_size": info.world_size,
                        "backend": info.backend or "none", "device": str(device), "samples": len(dataset),
+                       "samples_per_epoch": sampler.n, "cbgs": t.cbgs,
                        "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                        "global_batch": t.batch_size * info.world_size, "resumed_from": resumed_from,
                        "step": step,
                        # which image-backbone weights the camera started from (None: random init)
                        "camera_pretrained": (os.path.abspath(cfg.model.camera.pretrained)
                                              if cfg.model.use_camera and cfg.model.camera.pretrained else None)})
-        logger.write(f"training {len(dataset)} samples, {steps_per_epoch} steps/epoch, {total_steps} steps, "
+        logger.write(f"training {len(dataset)} samples"
+                     + (f" (class-balanced: {sampler.n} per epoch)" if t.cbgs else "")
+                     + f", {steps_per_epoch} steps/epoch, {total_steps} steps, "
                      f"{info.world_size} process(es) x batch {t.batch_size} on {device}"
                      + (f"; resumed from {resumed_from} at step {step}" if resumed_from else ""))
 

@@ -33,6 +33,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..data.gt_filter import GtZRange
 from ..data.problems import FileProblems
 from ..structures import CAMERA_CHANNELS, RADAR_CHANNELS, Detections, Frame
 from . import export
@@ -214,6 +215,9 @@ class InferenceOutput:
             self.present[m] = self.present[m] or other.present.get(m, False)
 
 
+_WARNED_Z_RANGE: set = set()  # z ranges already warned about in this process (run_inference)
+
+
 def run_inference(detector, source, cfg, sample_tokens: Sequence[str], drop: Iterable[str] = (),
                   batch_size: int = 1, load_images: Optional[bool] = None,
                   rank: Optional[int] = None, world_size: Optional[int] = None,
@@ -264,15 +268,22 @@ def run_inference(detector, source, cfg, sample_tokens: Sequence[str], drop: Ite
                 local.present[m] = local.present[m] or frame.present(m)
         batch.clear()
 
+    gt_z = GtZRange(cfg.grid.point_cloud_range)
     for token in mine:
         scene_token = nusc.get("sample", token)["scene_token"]
         if scene_token not in builders:
             builders[scene_token] = FrameBuilder(source, scene_token, cfg, problems=local.problems)
         fb = builders[scene_token]
         batch.append(fb.build(fb.reference_for_sample(token), drop=drop, with_gt=True, load_images=load_images))
+        gt_z.add(batch[-1].gt)
         if len(batch) >= batch_size:
             flush()
     flush()
+    # A grid that cuts the evaluated objects: once per process and range (robustness runs repeat this)
+    key = tuple(gt_z.range)
+    if gt_z.outside and key not in _WARNED_Z_RANGE:
+        _WARNED_Z_RANGE.add(key)
+        gt_z.warn("ground-truth boxes evaluated" + (f" by rank {rank}" if world_size > 1 else ""), log)
     local.depth = getattr(detector, "depth_stats", None)
 
     if world_size > 1 and (dist_world > 1):

@@ -10,13 +10,20 @@ References (``ReplayOptions.reference``):
 - 'keyframes': the LiDAR keyframes only.
 - 'all': every LiDAR message, also those whose file is missing (their frames have no LiDAR).
 
+Tracking: with a detector, the online tracker (perception.tracking, the config's ``tracking``
+section) runs on every frame as it streams; each track with a score from ``min_score`` up is drawn
+with its ID and a short trail of past centres in the cameras, the BEV panel and the 3D view, and
+every reported track is in the frame's JSON record ('tracks': id, label, score, hits, box in the ego
+frame, centre in the global frame).
+
 Outputs per step: a video frame (``out_video``, mp4v), an optional PNG, and one JSON record in
-``out_json`` (detections, sensor status, stage timings); the JSON file is written as the replay goes,
+``out_json`` (detections, tracks, sensor status, stage timings); the JSON file is written as the replay goes,
 so nothing per frame is kept in memory (memory stays flat over a long drive).
 
 Stages timed per frame (ms in the JSON and on the status line): sync (the selection), plan (poses,
 transforms, ground truth), load (file reading and motion compensation), batch, voxelize, model,
-decode (perception.replay.timing), render (3D, BEV, cameras, composition) and write (video/PNG/JSON).
+decode (perception.replay.timing), track, render (3D, BEV, cameras, composition) and write
+(video/PNG/JSON).
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ from .timing import TimedDetector
 
 log = logging.getLogger(__name__)
 
-STAGES = ("sync", "plan", "load", "batch", "voxelize", "model", "decode", "render", "write")
+STAGES = ("sync", "plan", "load", "batch", "voxelize", "model", "decode", "track", "render", "write")
 REFERENCES = ("available", "keyframes", "all")
 
 
@@ -55,7 +62,9 @@ class ReplayOptions:
     renderer: 3D panel 'auto' | 'open3d' | 'software'
     color_by: LiDAR colours 'height' | 'intensity'
     video_fps: None = the recorded reference rate (the video plays in real time)
-    min_score: predictions below this score are not drawn (the JSON log keeps every detection)
+    min_score: predictions and tracks below this score are not drawn (the JSON log keeps every one)
+    track: run the tracker on the detections (IDs and trails drawn, tracks in the JSON)
+    trail_length: past centres drawn per track (the current one included)
     """
 
     reference: str = "available"
@@ -71,6 +80,8 @@ class ReplayOptions:
     color_by: str = "height"
     video_fps: Optional[float] = None
     min_score: float = 0.25
+    track: bool = True
+    trail_length: int = 10
 
 
 @dataclass
@@ -107,6 +118,29 @@ def detections_record(det: Optional[Detections]) -> List[dict]:
              "score": round(float(b.scores[i]), 4), "attribute": int(b.attributes[i])} for i in range(len(b))]
 
 
+def tracks_record(tracks, T_global_from_ego: np.ndarray) -> List[dict]:
+    """Per track: id, label, score, hits, box (ego frame, the detections' layout), global centre."""
+    if tracks is None:
+        return []
+    ego = tracks.in_ego(T_global_from_ego).boxes
+    return [{"id": int(tracks.ids[i]), "label": CLASSES[int(tracks.labels[i])],
+             "score": round(float(tracks.scores[i]), 4), "hits": int(tracks.hits[i]),
+             "box": [round(float(v), 4) for v in ego[i]],
+             "global": [round(float(v), 3) for v in tracks.boxes[i, :3]]} for i in range(len(tracks))]
+
+
+def track_overlay(tracks, trails, T_global_from_ego: np.ndarray, min_score: float):
+    """The tracks to draw (score >= min_score) in the ego frame, with their trails."""
+    from ..viz.tracks import TrackOverlay
+
+    keep = np.flatnonzero(tracks.scores >= min_score)
+    T_ego_from_global = np.linalg.inv(np.asarray(T_global_from_ego, np.float64))
+    ego = tracks.in_ego(T_global_from_ego).boxes[keep]
+    pts = [trails.trail(int(tracks.ids[i])) for i in keep]
+    pts = [p @ T_ego_from_global[:3, :3].T + T_ego_from_global[:3, 3] for p in pts]
+    return TrackOverlay(tracks.ids[keep], ego, tracks.labels[keep], pts)
+
+
 class _JsonLog:
     """{"scene": ..., "options": ..., "frames": [record, ...], "summary": {...}} written incrementally."""
 
@@ -141,6 +175,12 @@ class Player:
         self.builder = FrameBuilder(source, scene, cfg)
         self.scene_name = self.builder.scene["name"]
         self.detector = TimedDetector(detector) if detector is not None else None
+        self.tracker = self.trails = None
+        if detector is not None and self.opt.track:
+            from ..tracking import TrailHistory, tracker_from_config
+
+            self.tracker = tracker_from_config(cfg.tracking)
+            self.trails = TrailHistory(self.opt.trail_length)
         self.interactive = not self.opt.headless and has_display()
         self.scene_renderer = None
         self._renderer_kind = self.opt.renderer
@@ -182,9 +222,9 @@ class Player:
                                                   visible=self.interactive, key_callbacks=keys)
         self.dashboard = type(self.dashboard)(self.scene_renderer, self.mosaic, self.bev)
 
-    def _render_scene(self, frame: Frame, det: Optional[Detections]) -> np.ndarray:
+    def _render_scene(self, frame: Frame, det: Optional[Detections], tracks=None) -> np.ndarray:
         try:
-            return self.scene_renderer.render(frame, det)
+            return self.scene_renderer.render(frame, det, tracks=tracks)
         except Exception as e:  # noqa: BLE001 - the replay must survive a failing 3D renderer
             from ..viz import SoftwareSceneRenderer
 
@@ -194,10 +234,10 @@ class Player:
             self.scene_renderer.close()
             self.scene_renderer = SoftwareSceneRenderer(color_by=self.opt.color_by)
             self.dashboard = type(self.dashboard)(self.scene_renderer, self.mosaic, self.bev)
-            return self.scene_renderer.render(frame, det)
+            return self.scene_renderer.render(frame, det, tracks=tracks)
 
     def status_lines(self, frame: Frame, index: int, t0_us: int, times: Dict[str, float], fps: float,
-                     det: Optional[Detections], shown: Optional[Detections] = None) -> List[str]:
+                     det: Optional[Detections], shown: Optional[Detections] = None, tracks=None) -> List[str]:
         from ..viz.compose import sensor_summary
 
         utc = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(frame.timestamp * 1e-6))
@@ -206,7 +246,8 @@ class Player:
         ngt = len(frame.gt) if frame.gt is not None else 0
         line1 = (f"{self.scene_name} {utc}.{frame.timestamp % 1_000_000 // 1000:03d} UTC  t+{(frame.timestamp - t0_us) * 1e-6:6.2f}s"
                  f"  #{index} {kind}  | {sensor_summary(frame.status)}  | pts {len(frame.lidar_points)}"
-                 f" radar {len(frame.radar_points)} gt {ngt} det {ndet}")
+                 f" radar {len(frame.radar_points)} gt {ngt} det {ndet}"
+                 + (f" trk {len(tracks)}/{self.tracker.num_live}" if tracks is not None else ""))
         lat = " ".join(f"{k} {times[k] * 1000:.1f}" for k in STAGES if k in times)
         speed = "max speed" if not self.speed else f"x{self.speed:g}"
         line2 = f"latency ms: {lat}  | {fps:.2f} fps ({speed})" + ("  [PAUSED]" if self.paused else "")
@@ -300,6 +341,14 @@ class Player:
             if self.detector is not None:
                 det, model_times = self.detector.predict(frame)
                 times.update(model_times)
+            tracks = overlay = None
+            if self.tracker is not None and det is not None:
+                t = time.perf_counter()
+                tracks = self.tracker.step(Detections(det.sample_token, frame.timestamp, det.boxes),
+                                           frame.T_global_from_ego)
+                self.trails.update(tracks)
+                times["track"] = time.perf_counter() - t
+                overlay = track_overlay(tracks, self.trails, frame.T_global_from_ego, opt.min_score)
             recent.append(time.perf_counter())
             del recent[:-11]
             fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
@@ -307,11 +356,11 @@ class Player:
             shown = det
             if det is not None:
                 shown = Detections(det.sample_token, det.timestamp, det.boxes.select(det.boxes.scores >= opt.min_score))
-            scene_img = self._render_scene(frame, shown)
+            scene_img = self._render_scene(frame, shown, overlay)
             title = f"{self.scene_name}  frame {n}  {'keyframe' if frame.sample_token else 'sweep'}"
-            canvas = self.dashboard.compose(frame, shown, None, scene_img, title)
+            canvas = self.dashboard.compose(frame, shown, None, scene_img, title, tracks=overlay)
             times["render"] = time.perf_counter() - t
-            lines = self.status_lines(frame, n, t0_us, times, fps, det, shown)
+            lines = self.status_lines(frame, n, t0_us, times, fps, det, shown, tracks)
             self.dashboard.draw_status(canvas, lines)
             t = time.perf_counter()
             bgr = None
@@ -345,6 +394,7 @@ class Player:
                           "num_radar_points": int(len(frame.radar_points)),
                           "num_gt": int(len(frame.gt)) if frame.gt is not None else None,
                           "detections": detections_record(det),
+                          "tracks": tracks_record(tracks, frame.T_global_from_ego),
                           "timings_ms": {k: round(v * 1000, 3) for k, v in times.items()},
                           "fps": round(fps, 3), "rss_mb": round(rss_last, 1), "status_line": lines})
             n += 1

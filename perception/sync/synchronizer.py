@@ -16,7 +16,8 @@ Reference clock: each LiDAR message (keyframe or sweep). For a reference at time
   to ``radar_sweeps - 1`` earlier ones within ``radar_window_us``.
 
 Motion compensation: every message is brought into the ego frame at t_ref through the ego pose at
-the message's own timestamp: sensor -> ego(t_msg) -> global -> ego(t_ref).
+the message's own timestamp: sensor -> ego(t_msg) -> global -> ego(t_ref). Before that, every LiDAR
+sweep loses its points within ``sync.lidar_remove_close`` of the sensor (the car itself).
 
 A message whose file is missing or unreadable makes its sensor absent (or one sweep fewer) in that
 frame: the first of a channel logged, each one counted with the first few paths in
@@ -255,7 +256,8 @@ class FrameBuilder:
             gt = gt_boxes_global(self.source.nusc, ref.sample_token).transformed(T_ref_from_global, "ego")
         return FramePlan(t_ref, self.scene["token"], ref.sample_token if ref.is_key_frame else "", ref.token,
                          T_global_from_ref, self.poses.ego_velocity(t_ref), channels, cameras, gt,
-                         self.cfg.data.use_lidar, self.source.radar_default_filters)
+                         self.cfg.data.use_lidar, self.source.radar_default_filters,
+                         self.cfg.sync.lidar_remove_close)
 
     def build(self, ref, drop: Iterable[str] = (), with_gt: bool = True,
               load_images: Optional[bool] = None) -> Frame:
@@ -307,6 +309,9 @@ class FramePlan:
     gt: Optional[object]
     use_lidar: bool = True
     radar_default_filters: bool = False
+    # metres, sensor frame (SyncConfig.lidar_remove_close); 0 keeps every point. The default is the
+    # old behaviour, for plans pickled before the field existed (the index key changes with it anyway).
+    lidar_remove_close: float = 0.0
 
 
 def _read_file(read: SensorRead, reader, missing: Counter):
@@ -329,6 +334,26 @@ def _record(missing: Counter, channel: str, path: str, reason: str) -> None:
         if missing[channel] == 0:
             log.warning("%s (further unreadable %s files are counted, not logged)", reason, channel)
         missing[channel] += 1
+
+
+def close_mask(points: np.ndarray, radius: float) -> np.ndarray:
+    """bool[N]: points (float[N, >= 2], sensor frame, metres) whose horizontal (x, y) distance from the
+    sensor is below ``radius`` metres; all False for radius <= 0.
+
+    A circle, where mmdet3d's ``_remove_close`` drops the square |x| < r and |y| < r: the radius means
+    the same in every direction. Horizontal only, as theirs: the roof and body returns lie at any
+    height below the sensor."""
+    if radius <= 0 or not len(points):
+        return np.zeros(len(points), bool)
+    xy = points[:, :2].astype(np.float64)
+    return (xy[:, 0] ** 2 + xy[:, 1] ** 2) < radius * radius
+
+
+def remove_close(points: np.ndarray, radius: float) -> np.ndarray:
+    """The points of a LiDAR sweep (float32[N, C], sensor frame) outside ``radius`` (see close_mask)."""
+    if radius <= 0:
+        return points
+    return points[~close_mask(points, radius)]
 
 
 def assemble_frame(plan: FramePlan, drop: Iterable[str] = (), load_images: bool = True,
@@ -364,6 +389,9 @@ def assemble_frame(plan: FramePlan, drop: Iterable[str] = (), load_images: bool 
                     ref_error = err
                 continue
             ref_read |= r.token == plan.lidar_token
+            # The car's own returns, dropped in the sensor frame before compensation moves them (see
+            # SyncConfig.lidar_remove_close); getattr: plans pickled before the field existed.
+            pts = remove_close(pts, getattr(plan, "lidar_remove_close", 0.0))
             out = np.empty((len(pts), 6), np.float32)
             out[:, :3] = apply(r.T_ref_from_sensor, pts[:, :3].astype(np.float64))
             out[:, 3:5] = pts[:, 3:5]

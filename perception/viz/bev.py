@@ -48,8 +48,9 @@ class BevRenderer:
                         cv2.FONT_HERSHEY_SIMPLEX, 0.35, (90, 90, 100), 1, cv2.LINE_AA)
         return img
 
-    def render(self, frame: Frame, detections: Optional[Detections] = None, gt=None) -> np.ndarray:
-        """uint8[size, size, 3] RGB. gt: Boxes3D to draw as ground truth (default ``frame.gt``)."""
+    def render(self, frame: Frame, detections: Optional[Detections] = None, gt=None, tracks=None) -> np.ndarray:
+        """uint8[size, size, 3] RGB. gt: Boxes3D to draw as ground truth (default ``frame.gt``);
+        tracks: TrackOverlay (perception.viz.tracks) whose trails and IDs are drawn over the boxes."""
         img = self._background.copy()
         pts = frame.lidar_points
         if len(pts):
@@ -65,7 +66,22 @@ class BevRenderer:
             b = detections.boxes
             self._draw_boxes(img, b.boxes, [class_color(l) for l in b.labels], 2, b.scores)
         self._draw_boxes(img, EGO_BOX, [EGO_COLOR], 2, None, velocity=False)
+        if tracks is not None and len(tracks):
+            self._draw_tracks(img, tracks)
         return img
+
+    def _draw_tracks(self, img: np.ndarray, tracks) -> None:
+        """Each track's trail of past centres (class colour) and its ID beside the box."""
+        for i, trail in enumerate(tracks.trails):
+            if len(trail) >= 2:
+                cv2.polylines(img, [self._ipx(trail[:, :2]).reshape(-1, 1, 2)], False,
+                              class_color(tracks.labels[i]), 1, cv2.LINE_AA)
+        corners = box_corners(tracks.boxes)[:, :4, :2]
+        px = self._ipx(corners.reshape(-1, 2)).reshape(-1, 4, 2)
+        for i in range(len(tracks)):
+            org = (int(px[i, :, 0].max()) + 2, int(px[i, :, 1].min()) + 14)  # below the score
+            cv2.putText(img, tracks.label(i), org, cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(img, tracks.label(i), org, cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1, cv2.LINE_AA)
 
     def _draw_radar(self, img: np.ndarray, radar: np.ndarray) -> None:
         if not len(radar):

@@ -42,18 +42,18 @@ class CameraMosaic:
     def scale(self, cam) -> Tuple[float, float]:
         return self.tile_w / float(cam.width), self.tile_h / float(cam.height)
 
-    def render(self, frame: Frame, detections: Optional[Detections] = None, gt=None) -> np.ndarray:
-        """uint8[height, width, 3] RGB mosaic."""
+    def render(self, frame: Frame, detections: Optional[Detections] = None, gt=None, tracks=None) -> np.ndarray:
+        """uint8[height, width, 3] RGB mosaic; tracks: TrackOverlay whose IDs and trails are drawn too."""
         out = np.zeros((self.height, self.width, 3), np.uint8)
         cams = {c.channel: c for c in frame.cameras}
         gt = frame.gt if gt is None else gt
         for channel in (c for row in self.order for c in row):
             x0, y0 = self.tile_origin(channel)
             out[y0:y0 + self.tile_h, x0:x0 + self.tile_w] = self.render_tile(
-                cams.get(channel), frame.status.get(channel), detections, gt, channel)
+                cams.get(channel), frame.status.get(channel), detections, gt, channel, tracks)
         return out
 
-    def render_tile(self, cam, status, detections, gt, channel: str) -> np.ndarray:
+    def render_tile(self, cam, status, detections, gt, channel: str, tracks=None) -> np.ndarray:
         tile = np.full((self.tile_h, self.tile_w, 3), 28, np.uint8)
         if cam is not None and cam.present and cam.image is not None:
             tile[:] = cv2.resize(cam.image, (self.tile_w, self.tile_h), interpolation=cv2.INTER_AREA)
@@ -62,6 +62,8 @@ class CameraMosaic:
             if detections is not None and len(detections.boxes):
                 b = detections.boxes
                 self._draw_boxes(tile, cam, b.boxes, [class_color(l) for l in b.labels], 2, b.scores)
+            if tracks is not None and len(tracks):
+                self._draw_tracks(tile, cam, tracks)
             label, colour = channel, (255, 255, 255)
             if status is not None and status.offset_us is not None:
                 label += f" {status.offset_us / 1000:+.0f}ms"
@@ -115,3 +117,33 @@ class CameraMosaic:
                 if -20 < x < self.tile_w and 0 < y < self.tile_h + 20:
                     cv2.putText(tile, f"{scores[i]:.2f}", (max(x, 0), max(y, 10)), cv2.FONT_HERSHEY_SIMPLEX,
                                 0.33, tuple(int(v) for v in colors[i]), 1, cv2.LINE_AA)
+
+    def _tile_points(self, cam, pts: np.ndarray) -> tuple:
+        """Tile coordinates float[N, 2] and in-front mask bool[N] of ego-frame points float[N, 3]."""
+        R, t = cam.T_ego_from_cam[:3, :3], cam.T_ego_from_cam[:3, 3]
+        c = (np.asarray(pts, np.float64).reshape(-1, 3) - t) @ R  # camera frame
+        front = c[:, 2] > NEAR_M
+        uvw = c @ cam.intrinsics.T
+        uv = uvw[:, :2] / np.where(front, uvw[:, 2], 1.0)[:, None] * self.scale(cam)
+        return uv, front
+
+    def _draw_tracks(self, tile, cam, tracks) -> None:
+        """Trails (past centres, class colour) and '#ID' above each track's box where it is in front."""
+        starts, ends, k = tracks.trail_segments()
+        if len(k):
+            a, fa = self._tile_points(cam, starts)
+            b, fb = self._tile_points(cam, ends)
+            ok = fa & fb & (np.abs(a) < 1e5).all(axis=1) & (np.abs(b) < 1e5).all(axis=1)
+            for (p, q), i in zip(np.stack([a, b], axis=1)[ok], k[ok]):
+                cv2.line(tile, (int(p[0]), int(p[1])), (int(q[0]), int(q[1])), class_color(tracks.labels[i]), 1,
+                         cv2.LINE_AA)
+        tops = tracks.boxes[:, :3].copy()
+        tops[:, 2] += tracks.boxes[:, 5] / 2
+        uv, front = self._tile_points(cam, tops)
+        for i in np.flatnonzero(front):
+            x, y = int(uv[i, 0]), int(uv[i, 1]) - 12
+            if 0 <= x < self.tile_w and 0 < y < self.tile_h:
+                cv2.putText(tile, tracks.label(i), (x, max(y, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (0, 0, 0), 3,
+                            cv2.LINE_AA)
+                cv2.putText(tile, tracks.label(i), (x, max(y, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (255, 255, 255), 1,
+                            cv2.LINE_AA)

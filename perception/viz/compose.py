@@ -64,13 +64,14 @@ class Dashboard:
         self.sensor_panel_h = body_h - self.bev.size
 
     def compose(self, frame: Frame, detections: Optional[Detections], status_lines: Optional[List[str]] = None,
-                scene_image: Optional[np.ndarray] = None, title: str = "") -> np.ndarray:
-        """uint8[height, width, 3] RGB. scene_image: the 3D panel when already rendered (else rendered here)."""
+                scene_image: Optional[np.ndarray] = None, title: str = "", tracks=None) -> np.ndarray:
+        """uint8[height, width, 3] RGB. scene_image: the 3D panel when already rendered (else rendered here);
+        tracks: TrackOverlay (IDs and trails) drawn in every panel."""
         canvas = np.zeros((self.height, self.width, 3), np.uint8)
-        self._put(canvas, "cameras", self.mosaic.render(frame, detections))
-        self._put(canvas, "bev", self.bev.render(frame, detections))
+        self._put(canvas, "cameras", self.mosaic.render(frame, detections, tracks=tracks))
+        self._put(canvas, "bev", self.bev.render(frame, detections, tracks=tracks))
         if scene_image is None and self.scene is not None:
-            scene_image = self.scene.render(frame, detections)
+            scene_image = self.scene.render(frame, detections, tracks=tracks)
         if scene_image is not None:
             self._put(canvas, "scene", scene_image)
         self._put(canvas, "sensors", self.sensor_table(frame, title))

@@ -90,9 +90,10 @@ def _ground_grid(extent: float = 60.0, step: float = 10.0) -> Tuple[np.ndarray, 
     return np.array(starts), np.array(ends)
 
 
-def scene_lines(frame: Frame, detections: Optional[Detections], gt, velocity_horizon_s: float = 1.0
-                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every line segment of the scene: starts float[L, 3], ends float[L, 3] (ego frame), colours uint8[L, 3]."""
+def scene_lines(frame: Frame, detections: Optional[Detections], gt, velocity_horizon_s: float = 1.0,
+                tracks=None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every line segment of the scene: starts float[L, 3], ends float[L, 3] (ego frame), colours uint8[L, 3].
+    tracks: TrackOverlay whose trails (past centres) are added in their class colours."""
     s, e, c = [], [], []
     gs, ge = _ground_grid()
     s.append(gs); e.append(ge); c.append(np.tile(GRID_COLOR, (len(gs), 1)))
@@ -123,6 +124,10 @@ def scene_lines(frame: Frame, detections: Optional[Detections], gt, velocity_hor
         b = detections.boxes
         add_boxes(b.boxes, [class_color(l) for l in b.labels])
     add_boxes(EGO_BOX, [EGO_COLOR], velocity=False)
+    if tracks is not None and len(tracks):
+        ts, te, k = tracks.trail_segments()
+        if len(k):
+            s.append(ts); e.append(te); c.append(np.asarray([class_color(l) for l in tracks.labels[k]], np.uint8))
     radar = frame.radar_points
     if len(radar):
         p1 = radar[:, :3].astype(np.float64).copy()
@@ -139,7 +144,7 @@ class _SceneRendererBase:
         self.color_by = color_by
         self.width, self.height = self.camera.width, self.camera.height
 
-    def _overlay(self, img: np.ndarray, detections: Optional[Detections]) -> np.ndarray:
+    def _overlay(self, img: np.ndarray, detections: Optional[Detections], tracks=None) -> np.ndarray:
         if detections is not None and len(detections.boxes):
             b = detections.boxes.boxes
             tops = b[:, :3].copy()
@@ -149,6 +154,14 @@ class _SceneRendererBase:
                                     & (uv[:, 1] > 0) & (uv[:, 1] < self.height + 20)):
                 cv2.putText(img, f"{detections.boxes.scores[i]:.2f}", (int(uv[i, 0]), int(uv[i, 1]) - 3),
                             cv2.FONT_HERSHEY_SIMPLEX, 0.35, class_color(detections.boxes.labels[i]), 1, cv2.LINE_AA)
+        if tracks is not None and len(tracks):
+            tops = tracks.boxes[:, :3].copy()
+            tops[:, 2] += tracks.boxes[:, 5] / 2
+            uv, z = self.camera.project(tops)
+            for i in np.flatnonzero((z > NEAR_M) & (uv[:, 0] > -50) & (uv[:, 0] < self.width)
+                                    & (uv[:, 1] > 12) & (uv[:, 1] < self.height + 20)):
+                org = (int(uv[i, 0]), int(uv[i, 1]) - 14)  # above the score
+                cv2.putText(img, tracks.label(i), org, cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1, cv2.LINE_AA)
         cv2.putText(img, f"3D: {self.name}", (6, self.height - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                     (140, 140, 150), 1, cv2.LINE_AA)
         return img
@@ -163,13 +176,13 @@ class SoftwareSceneRenderer(_SceneRendererBase):
 
     name = "software (numpy/opencv)"
 
-    def render(self, frame: Frame, detections: Optional[Detections] = None, gt=None) -> np.ndarray:
+    def render(self, frame: Frame, detections: Optional[Detections] = None, gt=None, tracks=None) -> np.ndarray:
         gt = frame.gt if gt is None else gt
         W, H = self.width, self.height
         img = np.empty((H, W, 3), np.uint8)
         img[:] = BACKGROUND
         cam = self.camera
-        starts, ends, colors = scene_lines(frame, detections, gt)
+        starts, ends, colors = scene_lines(frame, detections, gt, tracks=tracks)
         n_grid = len(_ground_grid()[0])
         self._lines(img, starts[:n_grid], ends[:n_grid], colors[:n_grid])
         pts = frame.lidar_points
@@ -189,7 +202,7 @@ class SoftwareSceneRenderer(_SceneRendererBase):
                 if d > NEAR_M and 0 <= u < W and 0 <= v < H:
                     cv2.circle(img, (int(u), int(v)), 3, RADAR_COLOR, -1)
         self._lines(img, starts[n_grid:], ends[n_grid:], colors[n_grid:])
-        return self._overlay(img, detections)
+        return self._overlay(img, detections, tracks)
 
     def _lines(self, img, starts, ends, colors) -> None:
         cam = self.camera
@@ -268,7 +281,7 @@ class Open3DSceneRenderer(_SceneRendererBase):
         self.lines.lines = o3d.utility.Vector2iVector(np.stack([np.arange(n), np.arange(n) + n], axis=1))
         self.lines.colors = o3d.utility.Vector3dVector(colors.astype(np.float64) / 255.0)
 
-    def update(self, frame: Frame, detections: Optional[Detections] = None, gt=None) -> None:
+    def update(self, frame: Frame, detections: Optional[Detections] = None, gt=None, tracks=None) -> None:
         """Put one frame's content into the (reused) geometries."""
         o3d = self.o3d
         gt = frame.gt if gt is None else gt
@@ -284,12 +297,12 @@ class Open3DSceneRenderer(_SceneRendererBase):
         self.radar.points = o3d.utility.Vector3dVector(rp)
         self.radar.colors = o3d.utility.Vector3dVector(
             np.tile(np.asarray(RADAR_COLOR if len(radar) else BACKGROUND, float) / 255.0, (len(rp), 1)))
-        self._set_lines(*scene_lines(frame, detections, gt))
+        self._set_lines(*scene_lines(frame, detections, gt, tracks=tracks))
         for g in (self.lines, self.lidar, self.radar):
             self.vis.update_geometry(g)
 
-    def render(self, frame: Frame, detections: Optional[Detections] = None, gt=None) -> np.ndarray:
-        self.update(frame, detections, gt)
+    def render(self, frame: Frame, detections: Optional[Detections] = None, gt=None, tracks=None) -> np.ndarray:
+        self.update(frame, detections, gt, tracks)
         if not self.visible:
             self._set_view()  # the interactive window keeps the user's view
         self.vis.poll_events()
@@ -298,7 +311,7 @@ class Open3DSceneRenderer(_SceneRendererBase):
         img = (np.clip(buf, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         if img.shape[:2] != (self.height, self.width):
             img = cv2.resize(img, (self.width, self.height), interpolation=cv2.INTER_AREA)
-        return self._overlay(np.ascontiguousarray(img), detections)
+        return self._overlay(np.ascontiguousarray(img), detections, tracks)
 
     def close(self) -> None:
         try:
