@@ -43,7 +43,7 @@ from ..data.gt_filter import GtZRange
 from .dataset import (DataError, ResumableSampler, TrainDataset, build_index, collate_samples, make_sampler,
                       shutdown_loader, worker_init)
 from .distributed import (DistInfo, all_gather_objects, all_reduce_mean, barrier, cleanup, convert_batchnorm,
-                          init_distributed)
+                          init_distributed, wrap_ddp)
 
 log = logging.getLogger(__name__)
 
@@ -381,10 +381,7 @@ def _train(cfg, dataroot, version, work_dir, max_steps, resume, progress, info: 
 
     ddp = model
     if info.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                  find_unused_parameters=t.find_unused_parameters)
+        ddp = wrap_ddp(model, info, device, t.find_unused_parameters, t.sync_bn)
     model.train()
 
     stop = {"signal": None}

@@ -334,10 +334,20 @@ class LiftSplatEncoder(nn.Module):
             raise ValueError(f"images are {H}x{W}, the encoder was built for {self.image_size[0]}x{self.image_size[1]}")
         Hb, Wb = self.bev_hw
         b_idx, n_idx = torch.nonzero(camera_mask, as_tuple=True)
+        K, A, T = intrinsics[b_idx, n_idx], img_aug[b_idx, n_idx], T_ego_from_cam[b_idx, n_idx]
+        images_anywhere = _images_in_group(b_idx) if self.training else b_idx.numel() > 0
         if b_idx.numel() == 0:
             out = images.new_zeros(B, self.out_channels, Hb, Wb)
+            if images_anywhere:
+                # Under DDP with global-batch norms every rank must issue the norms' collectives in the
+                # same order: run the network on no image (a norm on an empty input joins the
+                # collective with count 0 and updates nothing) and keep its parameters in the graph
+                # with a zero gradient, as a rank with images but none of this sample's would.
+                logits, context = self.image_features(images[b_idx, n_idx], camera_params(K, A, T, self.image_size),
+                                                      self.cell_rays(K, A, T))
+                empty = self.bev_encoder(context.new_zeros(0, self.context_channels, Hb, Wb))
+                out = out + 0.0 * (logits.sum() + context.sum() + empty.sum()).to(out.dtype)
             return (out, None) if return_depth else out
-        K, A, T = intrinsics[b_idx, n_idx], img_aug[b_idx, n_idx], T_ego_from_cam[b_idx, n_idx]
         logits, context = self.image_features(images[b_idx, n_idx], camera_params(K, A, T, self.image_size),
                                               self.cell_rays(K, A, T))
         bev = self.splat(logits.softmax(dim=1), context, K, A, T, b_idx, B)
@@ -347,6 +357,21 @@ class LiftSplatEncoder(nn.Module):
         has_camera = camera_mask.any(dim=1).to(out.dtype).view(B, 1, 1, 1)
         out = out * has_camera
         return (out, CameraDepth(logits, b_idx, n_idx)) if return_depth else out
+
+
+def _images_in_group(b_idx: torch.Tensor) -> bool:
+    """Whether any process of the group (this one alone outside a group) has a camera image in its
+    batch; b_idx: int64[M] sample of each of this process's images. In a group it is one all-reduce
+    of the image count, issued by every process on every training forward (so all issue it alike)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return b_idx.numel() > 0
+    count = torch.tensor([float(b_idx.numel())])
+    if dist.get_backend() == "nccl":
+        count = count.cuda()
+    dist.all_reduce(count)
+    return float(count) > 0
 
 
 def build_camera_encoder(cfg) -> LiftSplatEncoder:
