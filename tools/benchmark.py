@@ -5,6 +5,7 @@
     python tools/benchmark.py ops [--json OUT]
     python tools/benchmark.py train --config C [--dataroot DIR --version V] [--json OUT]
     python tools/benchmark.py model --config C [--frames N] [--threads T] [--json OUT]
+    python tools/benchmark.py tracking [--objects N] [--frames N] [--json OUT]
 
 data: frames per second of building synchronized frames (10 LiDAR sweeps, 6 sweeps per radar) on
 one core, LiDAR+radar assembly alone and with the six images decoded. Without --dataroot it runs on
@@ -229,6 +230,52 @@ def bench_model(args) -> dict:
     return res
 
 
+def bench_tracking(args) -> dict:
+    """Tracker ms per frame on one core: N objects moving at constant velocities (mixed tracking classes,
+    or cars only, where every pair is a candidate within the gates), detected every frame with 0.1 m
+    noise, so each step matches N detections against N live tracks."""
+    import numpy as np
+
+    from perception.config import load_config
+    from perception.structures import CLASS_TO_ID, Boxes3D
+    from perception.tracking import TRACKING_CLASSES, tracker_from_config
+
+    rng = np.random.default_rng(0)
+    n = args.objects
+    start = rng.uniform(-50, 50, (n, 2))
+    vel = rng.normal(0, 5, (n, 2))
+    res = {"objects": n, "frames": args.frames, "threads": 1}
+
+    def frame(k, labels):
+        b = np.zeros((n, 9))
+        b[:, :2] = start + vel * 0.5 * k + rng.normal(0, 0.1, (n, 2))
+        b[:, 3:6] = (4.5, 1.9, 1.6)
+        b[:, 7:9] = vel
+        return Boxes3D(b, labels, -np.ones(n), rng.uniform(0.1, 1, n), -np.ones(n), -np.ones(n), [""] * n,
+                       [""] * n, "global")
+
+    for classes in ("mixed", "cars"):
+        names = TRACKING_CLASSES if classes == "mixed" else ("car",)
+        labels = np.array([CLASS_TO_ID[names[i % len(names)]] for i in range(n)])
+        frames = [frame(k, labels) for k in range(args.frames + 5)]
+        for matching in ("greedy", "hungarian"):
+            trk = tracker_from_config(load_config(None, [f"tracking.matching={matching}"]).tracking)
+            for k in range(5):  # warm-up: the tracks exist
+                trk.step_global(frames[k], k * 500_000)
+            times = []
+            for k in range(5, len(frames)):
+                t0 = time.perf_counter()
+                out = trk.step_global(frames[k], k * 500_000)
+                times.append(time.perf_counter() - t0)
+            key = f"{classes}_{matching}"
+            res[key + "_ms"] = round(1000 * float(np.median(times)), 3)
+            res[key + "_live_tracks"] = trk.num_live
+            res[key + "_ids"] = int(trk._next_id - 1)
+            print(f"tracker, {n} detections x {trk.num_live} tracks, {classes} classes, {matching}: "
+                  f"median {res[key + '_ms']:.3f} ms per frame ({len(out)} reported, {res[key + '_ids']} IDs issued)")
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="benchmarks")
     sub = ap.add_subparsers(dest="what", required=True)
@@ -260,6 +307,10 @@ def main(argv=None) -> int:
     m.add_argument("--frames", type=int, default=12)
     m.add_argument("--threads", type=int, default=2)
     m.add_argument("--json")
+    k = sub.add_parser("tracking", help="tracker ms per frame at N detections and N tracks, one core")
+    k.add_argument("--objects", type=int, default=200)
+    k.add_argument("--frames", type=int, default=200)
+    k.add_argument("--json")
     t = sub.add_parser("train", help="loader alone, training step alone, both together (samples/s), peak RSS")
     t.add_argument("--config", required=True)
     t.add_argument("--set", action="append", default=[])
@@ -291,6 +342,9 @@ def main(argv=None) -> int:
     elif args.what == "model":
         set_threads(args.threads)
         res = bench_model(args)
+    elif args.what == "tracking":
+        set_threads(1)  # the tracker is numpy on one core (BLAS threads would only add overhead here)
+        res = bench_tracking(args)
     else:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from benchmark_ops import run_ops_benchmark

@@ -68,6 +68,24 @@ class Tracks:
         return self.to_boxes().transformed(np.linalg.inv(np.asarray(T_global_from_ego, np.float64)), "ego")
 
 
+def _split_isolated(cost: np.ndarray) -> tuple:
+    """The allowed pairs that are the only choice of both their row and their column (every matching
+    takes them), and the rows and columns left with a real choice.
+
+    cost: float[N, M], ``np.inf`` where forbidden. Returns (pairs int64[K, 2], rows int64[R], cols int64[C]).
+    In traffic most objects have a single candidate within their gate; taking those in one vectorized
+    step leaves the matching proper a small matrix.
+    """
+    allowed = np.isfinite(cost)
+    per_row, per_col = allowed.sum(axis=1), allowed.sum(axis=0)
+    r, c = np.nonzero(allowed)
+    iso = (per_row[r] == 1) & (per_col[c] == 1)
+    pairs = np.stack([r[iso], c[iso]], axis=1).astype(np.int64)
+    rows = np.flatnonzero(per_row > 0)
+    cols = np.flatnonzero(per_col > 0)
+    return pairs, np.setdiff1d(rows, r[iso]), np.setdiff1d(cols, c[iso])
+
+
 def greedy_match(cost: np.ndarray) -> np.ndarray:
     """Closest-first one-to-one matching.
 
@@ -80,11 +98,9 @@ def greedy_match(cost: np.ndarray) -> np.ndarray:
     N, M = cost.shape
     if N == 0 or M == 0:
         return np.zeros((0, 2), np.int64)
-    # only rows and columns that can match at all take part
-    rows = np.flatnonzero(np.isfinite(cost).any(axis=1))
-    cols = np.flatnonzero(np.isfinite(cost[rows]).any(axis=0)) if len(rows) else rows
+    iso, rows, cols = _split_isolated(cost)
+    out = [iso]
     c = cost[np.ix_(rows, cols)].astype(np.float64, copy=True)
-    out = []
     while c.size:
         best_col = c.argmin(axis=1)
         best_row = c.argmin(axis=0)
@@ -96,7 +112,7 @@ def greedy_match(cost: np.ndarray) -> np.ndarray:
         out.append(np.stack([rows[r], cols[k]], axis=1))
         c[r, :] = np.inf
         c[:, k] = np.inf
-    return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 2), np.int64)
+    return np.concatenate(out).astype(np.int64)
 
 
 def hungarian_match(cost: np.ndarray) -> np.ndarray:
@@ -112,16 +128,15 @@ def hungarian_match(cost: np.ndarray) -> np.ndarray:
     N, M = cost.shape
     if N == 0 or M == 0:
         return np.zeros((0, 2), np.int64)
-    rows = np.flatnonzero(np.isfinite(cost).any(axis=1))
-    if not len(rows):
-        return np.zeros((0, 2), np.int64)
-    cols = np.flatnonzero(np.isfinite(cost[rows]).any(axis=0))
+    iso, rows, cols = _split_isolated(cost)
+    if not len(rows) or not len(cols):
+        return iso
     c = cost[np.ix_(rows, cols)]
     finite = np.isfinite(c)
     big = 1.0 + 2.0 * float(c[finite].max()) * min(c.shape)  # more than any all-allowed total
     r, k = linear_sum_assignment(np.where(finite, c, big))
     keep = finite[r, k]
-    return np.stack([rows[r[keep]], cols[k[keep]]], axis=1).astype(np.int64)
+    return np.concatenate([iso, np.stack([rows[r[keep]], cols[k[keep]]], axis=1)]).astype(np.int64)
 
 
 def _per_label(values: Mapping[str, float], name: str, fill: float) -> np.ndarray:
@@ -206,12 +221,19 @@ class Tracker:
         d_box = det.boxes
         d_lab = det.labels
         # an unknown velocity (NaN) predicts no motion rather than poisoning every distance
-        d_vel = np.nan_to_num(d_box[:, 7:9], nan=0.0, posinf=0.0, neginf=0.0)
+        d_vel = d_box[:, 7:9]
+        d_vel = np.where(np.isfinite(d_vel), d_vel, 0.0)
         back = d_box[:, :2] - d_vel * dt  # where each detection was at the previous frame's time
-        diff = back[:, None, :] - self._boxes[None, :, :2]
-        dist = np.sqrt((diff ** 2).sum(axis=2))  # [N, M]
-        allowed = (d_lab[:, None] == self._labels[None, :]) & (dist <= self.gate[d_lab][:, None])
-        pairs = self._match(np.where(allowed, dist, np.inf))
+        # squared distances per axis: a [N, M, 2] array summed over its last axis is several times slower
+        dx = back[:, 0:1] - self._boxes[None, :, 0]
+        dy = back[:, 1:2] - self._boxes[None, :, 1]
+        d2 = dx * dx + dy * dy  # [N, M]
+        gate = self.gate[d_lab]
+        allowed = (d2 <= (gate * gate)[:, None]) & (d_lab[:, None] == self._labels[None, :])
+        r, c = np.nonzero(allowed)
+        cost = np.full(d2.shape, np.inf)
+        cost[r, c] = np.sqrt(d2[r, c])
+        pairs = self._match(cost)
         di, tj = pairs[:, 0], pairs[:, 1]
 
         N, M = len(det), len(self._ids)
@@ -235,7 +257,8 @@ class Tracker:
         misses = self._misses + 1
         keep = trk_free & (misses < self.max_age[self._labels])
         kept_boxes = self._boxes[keep].copy()
-        kept_boxes[:, :2] += np.nan_to_num(kept_boxes[:, 7:9], nan=0.0, posinf=0.0, neginf=0.0) * dt
+        kept_vel = kept_boxes[:, 7:9]
+        kept_boxes[:, :2] += np.where(np.isfinite(kept_vel), kept_vel, 0.0) * dt
 
         self._ids = np.concatenate([ids[shown], self._ids[keep]])
         self._boxes = np.concatenate([d_box[shown], kept_boxes])
