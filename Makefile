@@ -27,8 +27,8 @@ $(CKPT): $(SYN)/.complete | install
 	$(PY) tools/train.py $(CONFIG) --dataroot $(SYN) --version v1.0-trainval --work-dir $(OUT)/train \
 	    --max-steps $(DEMO_STEPS) --resume
 
-# report.md and the tracking metrics come from one run; the target is the file written last, so a
-# report from before the tracking evaluation existed is made again
+# report.md and the tracking metrics come from one run; the target is the tracking metrics, which only
+# a run with --tracking writes, so a report from before the tracking evaluation existed is made again
 $(OUT)/eval/tracking/metrics_summary.json: $(CKPT)
 	$(PY) tools/eval.py $(CONFIG) --checkpoint $(CKPT) --dataroot $(SYN) --version v1.0-trainval --split val \
 	    --out $(OUT)/eval --robustness --tracking
