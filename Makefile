@@ -11,7 +11,7 @@ CKPT := $(OUT)/train/checkpoints/ckpt_$(shell printf %08d $(DEMO_STEPS)).pt
 # the first scene of the devkit's val split that the synthetic root holds
 VAL_SCENE = $$($(PY) -c "import json; from nuscenes.utils.splits import create_splits_scenes as c; v = set(c()['val']); print(next(s['name'] for s in json.load(open('$(SYN)/v1.0-trainval/scene.json')) if s['name'] in v))")
 
-.PHONY: install demo test bench synthetic quality
+.PHONY: install demo test bench synthetic quality gpu-check
 
 install:
 	bash tools/install.sh
@@ -64,3 +64,9 @@ bench: install
 
 quality: install
 	$(PY) tools/benchmark.py quality
+
+# One prepared GPU check (tools/gpu_check.py): kernels vs references, inference fp32/bf16, a short bf16
+# training with resume and a torchrun worker, replay; JSON + Markdown in work/gpu_check. Without CUDA it
+# runs its reduced CPU mode. On a fresh GPU machine: `timeout 480 make gpu-check` (install included).
+gpu-check: install
+	$(PY) tools/gpu_check.py --out work/gpu_check

