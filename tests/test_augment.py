@@ -71,7 +71,7 @@ def _match(a, b):
 
 def _cfg():
     return load_config(f"{PROJECT}/configs/fusion_tiny.yaml", [
-        "grid.point_cloud_range=[-51.2, -51.2, -5.0, 51.2, 51.2, 3.0]", f"data.cameras={CAMS}",
+        "grid.point_cloud_range=[-51.2, -51.2, -3.0, 51.2, 51.2, 7.0]", f"data.cameras={CAMS}",
         "model.camera.image_size=[128, 320]"])
 
 

@@ -351,8 +351,14 @@ def test_nan_points_replay_frame_holds_only_finite_points(nan_points, tmp_path, 
     _, n_lidar, total = bad["LIDAR_TOP"]
     assert len(frames) == 3 and frames[0]["lidar_token"] == _first_sample_lidar(_tables())["token"]
     assert frames[0]["status"]["LIDAR_TOP"]["present"] and frames[0]["status"]["RADAR_FRONT"]["present"]
-    # a keyframes-only root: the frame's LiDAR is its keyframe sweep, less the non-finite points
-    assert frames[0]["num_lidar_points"] == total - n_lidar
+    # a keyframes-only root: the frame's LiDAR is its keyframe sweep, less the non-finite points and
+    # the car's own returns (sync.lidar_remove_close of the default config)
+    from perception.config import load_config
+    from perception.sync.synchronizer import close_mask
+
+    pts = np.fromfile(bad["LIDAR_TOP"][0], "<f4").reshape(-1, 5)
+    n_close = int(close_mask(pts[np.isfinite(pts).all(axis=1)], load_config(None).sync.lidar_remove_close).sum())
+    assert n_close > 1000 and frames[0]["num_lidar_points"] == total - n_lidar - n_close
     _nan_warnings(caplog, bad)
 
 

@@ -95,7 +95,8 @@ def test_replay_writes_video_json_and_pngs(replay_run):
         assert r["sample_token"] and r["status"]["LIDAR_TOP"]["present"]
         if r["index"] > 0:  # the sweeps in the window (none before the first keyframe) are absent
             assert r["status"]["LIDAR_TOP"]["num_missing"] >= 1
-        assert r["num_gt"] > 10 and r["num_lidar_points"] > 30000
+        # a real keyframe sweep has ~34.7k points, ~27% of them the car's own (sync.lidar_remove_close)
+        assert r["num_gt"] > 10 and r["num_lidar_points"] > 20000
         assert {"sync", "load", "voxelize", "model", "decode", "render"} <= set(r["timings_ms"])
         assert len(r["detections"]) > 0  # an untrained model still decodes its top-k peaks
         d = r["detections"][0]
