@@ -186,7 +186,8 @@ class TrainDataset(torch.utils.data.Dataset):
         for attempt in range(self.max_retries + 1):
             i = (index + attempt) % len(self.plans)
             try:
-                sample = self.load(epoch, i, problems, copy=copy)
+                # copy only for a repeat: load(epoch, index, problems) stays the call of the plain order
+                sample = self.load(epoch, i, problems, copy=copy) if copy else self.load(epoch, i, problems)
                 self.missing.merge(problems)
                 sample.problems = problems
                 return sample
