@@ -659,7 +659,7 @@ def part_inference(rec: Recorder, args) -> None:
                 agree = compare_detections([x[1] for x in a], [x[1] for x in d],
                                            threshold=cfg.model.head.score_threshold,
                                            max_boxes=cfg.model.head.max_objects)
-                agree["boxes_per_frame"] = [len(x[1].scores) for x in a]
+                agree["boxes_per_frame"] = [len(x[1].boxes.scores) for x in a]
                 res["agreement"] = agree
                 rec.check(f"{name}: detections {'GPU' if gpu else 'reloaded'} vs CPU agree (1e-3 m, fp32)",
                           agree["agree"], **agree)
@@ -821,9 +821,21 @@ def part_train(rec: Recorder, args) -> None:
     rec.attempt("torchrun", distributed)
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies. torchrun starts its workers in sessions of
+    their own, so a torchrun killed at the part's time limit would otherwise leave them running."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def ddp_worker(args) -> int:
     """Under torchrun: a process group of its own (the trainer starts none for one process), the
     model's batch norms converted as the trainer does under DDP, three bf16 DDP steps."""
+    _die_with_parent()
     import numpy as np
     import torch
     import torch.distributed as dist
@@ -975,9 +987,18 @@ def _run_part_process(part: str, mode: str, out: str, limit: int, extra_env: Dic
             rc = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             timed_out = True
+            # The part's own group (its loader workers, torchrun): SIGTERM first, which torchrun
+            # forwards to its workers, then SIGKILL.
+            for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, None)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+                try:
+                    rc = proc.wait(timeout=grace)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # the part's own group: its loader workers, torchrun
-            rc = proc.wait()
+                os.killpg(proc.pid, signal.SIGKILL)  # what is left of the group after the part exited
     wall = time.perf_counter() - t0
     result = None
     if os.path.isfile(res_path):
