@@ -264,7 +264,7 @@ def tiny_encoder(seed=0, camera_aware=True):
 
 def tiny_config():
     cfg = Config()
-    cfg.grid.voxel_size = [0.8, 0.8, 8.0]
+    cfg.grid.voxel_size = [0.8, 0.8, 10.0]
     cfg.model.bev_stride = 2
     cfg.model.bev_channels = 16
     cam = cfg.model.camera
