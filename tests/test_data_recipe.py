@@ -337,3 +337,21 @@ def test_training_crop_is_centred_on_the_test_crop(name):
     old = load_config(os.path.join(PROJECT, "configs", f"{name}.yaml"), ["train.augment.image_crop_jitter=[0.0, 1.0]"])
     rows_old, _, _ = principal_point_rows(old.train.augment, cfg.model.camera.image_size)
     assert rows_old.mean() - test > 0.4 * margin
+
+
+def test_eval_warns_once_when_gt_leaves_the_z_range(real_source, caplog):
+    from perception.eval import evaluate as ev
+    from perception.structures import Detections
+
+    def nothing(frame):
+        return Detections(frame.sample_token, frame.timestamp, Boxes3D.empty())
+
+    tokens = real_source.index("scene-0523").sample_tokens[:4]
+    ev._WARNED_Z_RANGE.clear()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):  # a second run with the same range (robustness cases) says nothing more
+            ev.run_inference(nothing, real_source, load_config(None, OLD_Z + ["sync.lidar_sweeps=1"]), tokens,
+                             load_images=False)
+        ev.run_inference(nothing, real_source, load_config(None, ["sync.lidar_sweeps=1"]), tokens, load_images=False)
+    lines = [r.getMessage() for r in caplog.records if "leave grid.point_cloud_range" in r.getMessage()]
+    assert len(lines) == 1 and "ground-truth boxes evaluated leave grid.point_cloud_range z [-5, 3]" in lines[0]
