@@ -524,14 +524,18 @@ def compare_detections(a, b, tol_m: float = 1e-3, score_tol: float = 1e-3, thres
             "max_centre_diff_m": worst, "max_size_diff_m": worst_size, "tolerance_m": tol_m}
 
 
-def _random_model(cfg):
+def _random_model(cfg, batch=None, cells_per_task: int = 100):
     """The config's model with seeded random weights whose heatmap scores spread over (0, 1).
 
     A freshly initialized CenterPoint head scores every cell at sigmoid(bias) ~ 0.1, all within
     1e-3 of each other: the top-k cut and the threshold would then pick different cells on two
-    devices by rounding alone, and a GPU/CPU comparison of boxes would compare nothing. Redrawing
-    the heatmap convolutions' weights (std 2 / sqrt(fan in)) gives distinct peaks; bias -4 keeps the
-    peaks above the threshold few, so that the top-k cuts do not bind and the threshold is the one cut."""
+    devices by rounding alone, and a GPU/CPU comparison of boxes would compare nothing. The heatmap
+    convolutions' weights are redrawn (std 2 / sqrt(fan in)); with ``batch``, they are scaled to a
+    logit spread of 2 on that batch and each task's bias set so that about ``cells_per_task`` cells
+    score above the config's threshold: fewer than the decoder's top-k, so the threshold is the one
+    cut that matters."""
+    import math
+
     import torch
 
     from perception.models.build import build_model
@@ -539,13 +543,23 @@ def _random_model(cfg):
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     g = torch.Generator().manual_seed(1)
+    heat = {n: p for n, p in model.head.named_parameters() if n.startswith("heatmap.")}
     with torch.no_grad():
-        for name, p in model.head.named_parameters():
-            if name.startswith("heatmap."):
-                if name.endswith(".weight"):
-                    p.copy_(torch.randn(p.shape, generator=g) * (2.0 / p[0].numel() ** 0.5))
-                else:
-                    p.fill_(-4.0)
+        for name, p in heat.items():
+            if name.endswith(".weight"):
+                p.copy_(torch.randn(p.shape, generator=g) * (2.0 / p[0].numel() ** 0.5))
+            else:
+                p.zero_()
+        if batch is not None:
+            thr = cfg.model.head.score_threshold
+            for t, pred in enumerate(model(batch)):
+                # Logits are linear in the (bias-free) weights: scale them to a spread of 2 (random
+                # BEV features are small and nearly uniform), then shift by the bias.
+                logits = pred["heatmap"].float().flatten()
+                scale = 2.0 / max(float(logits.std()), 1e-12)
+                heat[f"heatmap.{t}.weight"].mul_(scale)
+                kth = float(logits.topk(min(cells_per_task, logits.numel())).values[-1]) * scale
+                heat[f"heatmap.{t}.bias"].fill_(math.log(thr / (1 - thr)) - kth)
     return model
 
 
@@ -636,7 +650,7 @@ def part_inference(rec: Recorder, args) -> None:
             with rec.phase(f"{name}: build frames"):
                 cfg = load_config(path, sets)
                 batches = _real_batches(cfg, n_frames)
-            model = _random_model(cfg)
+            model = _random_model(cfg, batches[0])
             ckpt = _save_state(model, os.path.join(out_dir, f"{name}_random_init.pt"))
             # The same checkpoint on both sides: loaded, not shared in memory.
             ref = build_model(cfg).eval()
