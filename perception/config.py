@@ -284,6 +284,30 @@ class HeadConfig:
     # metres, CLASSES order; the square roots of CenterPoint's nuScenes values (which it compares
     # with squared distances)
     nms_radius: List[float] = field(default_factory=lambda: [2.0, 3.46, 3.16, 3.16, 3.46, 0.42, 0.92, 0.92, 0.42, 1.0])
+    # Peak filter of the decoding, per class (CLASSES order): a peak must be the maximum of its k x k
+    # cells. At 0.8 m cells a 3 x 3 filter cannot decode two pedestrians or cones in neighbouring
+    # cells, so those take 1 (no suppression; the circle NMS still merges duplicates), as TransFusion
+    # exempts them. All 3: the recipe before issue 15.
+    peak_kernel: List[int] = field(default_factory=lambda: [3, 3, 3, 3, 3, 1, 3, 3, 1, 3])
+    # Attributes are chosen among the class's own family (vehicle.*, pedestrian.*, cycle.*); false
+    # is the recipe before issue 15 (argmax over all 8, an out-of-family winner dropped).
+    attributes_in_family: bool = True
+
+
+@dataclass
+class DecoderConfig:
+    """BEV decoder between the fusion and the head: SECOND stages + FPN neck back to the fused grid
+    (BEVFusion's decoder). It widens the context after the fusion, whose window is a few cells, so
+    that a camera feature lifted a few metres off can still be realigned with the LiDAR's.
+
+    layers / strides / channels / neck_channels: as model.lidar's backbone, one entry per stage;
+    empty lists: no decoder (the head reads the fused map, the recipe before issue 15)
+    """
+
+    layers: List[int] = field(default_factory=list)
+    strides: List[int] = field(default_factory=list)
+    channels: List[int] = field(default_factory=list)
+    neck_channels: List[int] = field(default_factory=list)
 
 
 @dataclass
@@ -304,6 +328,7 @@ class ModelConfig:
     radar: RadarEncoderConfig = field(default_factory=RadarEncoderConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
     def validate(self, where: str) -> None:
         if not (self.use_lidar or self.use_camera or self.use_radar):
@@ -324,6 +349,19 @@ class ModelConfig:
             raise ConfigError(f"{where}: model.head.tasks must list each of the 10 classes once, got {flat}")
         if len(self.head.nms_radius) != len(CLASSES):
             raise ConfigError(f"{where}: model.head.nms_radius needs one radius per class ({len(CLASSES)})")
+        pk = self.head.peak_kernel
+        if len(pk) != len(CLASSES) or any(k < 1 or k % 2 == 0 for k in pk):
+            raise ConfigError(f"{where}: model.head.peak_kernel needs one odd kernel >= 1 per class "
+                              f"({len(CLASSES)}, CLASSES order), got {pk}")
+        d = self.decoder
+        lens = {name: len(getattr(d, name)) for name in ("layers", "strides", "channels", "neck_channels")}
+        if len(set(lens.values())) != 1:
+            raise ConfigError(f"{where}: model.decoder.layers, strides, channels and neck_channels need one entry "
+                              f"per stage each, got lengths {', '.join(f'{k}={v}' for k, v in lens.items())}")
+        if any(s < 1 or s & (s - 1) for s in d.strides) or any(n < 0 for n in d.layers) or \
+                any(c < 1 for c in d.channels + d.neck_channels):
+            raise ConfigError(f"{where}: model.decoder strides must be powers of 2, layers >= 0 and channels >= 1, "
+                              f"got strides {d.strides}, layers {d.layers}")
 
 
 @dataclass
@@ -562,6 +600,11 @@ class Config:
         if nx % self.model.bev_stride or ny % self.model.bev_stride:
             raise ConfigError(f"{self.source}: model.bev_stride {self.model.bev_stride} does not divide the grid "
                               f"({nx} x {ny} cells)")
+        H, W = self.bev_shape
+        f = math.prod(self.model.decoder.strides)
+        if H % f or W % f:
+            raise ConfigError(f"{self.source}: model.decoder strides (product {f}) do not divide the fused BEV grid "
+                              f"({H} x {W} cells)")
         return self
 
     @property

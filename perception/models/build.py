@@ -5,7 +5,7 @@ from ..config import Config
 from .detector import FusionDetector
 from .fusion.cross_attention import build_fusion
 from .heads.centerpoint import build_head
-from .lidar.pointpillars import build_lidar_encoder
+from .lidar.pointpillars import SECONDFPN, build_lidar_encoder
 from .radar.radar_pillars import build_radar_encoder
 
 
@@ -18,5 +18,9 @@ def build_model(cfg: Config) -> FusionDetector:
         from .camera.lss import build_camera_encoder
 
         camera = build_camera_encoder(cfg)
+    d = m.decoder
+    # The decoder keeps the fused grid and width (stride 1 out, bev_channels), so the head is unchanged.
+    decoder = SECONDFPN(m.bev_channels, d.layers, d.strides, d.channels, d.neck_channels, 1, m.bev_channels) \
+        if d.layers else None
     return FusionDetector(lidar, camera, radar, build_fusion(cfg), build_head(cfg),
-                          depth_loss_weight=m.camera.depth_loss_weight)
+                          depth_loss_weight=m.camera.depth_loss_weight, decoder=decoder)

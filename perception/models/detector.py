@@ -17,15 +17,18 @@ from ..structures import Batch, Detections
 class FusionDetector(nn.Module):
     """lidar / camera / radar: encoders or None (modality not used by this model)
     fusion: CrossAttentionFusion; head: CenterHead
+    decoder: BEV decoder between the fusion and the head (SECONDFPN at stride 1) or None
     depth_loss_weight: weight of the camera's LiDAR-supervised depth loss (training only; 0 = none)
     """
 
     def __init__(self, lidar: Optional[nn.Module], camera: Optional[nn.Module], radar: Optional[nn.Module],
-                 fusion: nn.Module, head: nn.Module, depth_loss_weight: float = 0.0):
+                 fusion: nn.Module, head: nn.Module, depth_loss_weight: float = 0.0,
+                 decoder: Optional[nn.Module] = None):
         super().__init__()
         self.lidar, self.camera, self.radar = lidar, camera, radar
         self.depth_loss_weight = float(depth_loss_weight) if camera is not None else 0.0
         self.fusion = fusion
+        self.decoder = decoder
         self.head = head
 
     @property
@@ -34,7 +37,7 @@ class FusionDetector(nn.Module):
                 if enc is not None]
 
     def encode(self, batch: Batch, return_depth: bool = False):
-        """The fused BEV map float[B, C, H, W] of a batch (and the camera's CameraDepth, or None, with
+        """The fused (and decoded) BEV map float[B, C, H, W] of a batch (and the camera's CameraDepth, or None, with
         ``return_depth``)."""
         present = batch.modality_mask.clone().bool()
         feats: List[Optional[torch.Tensor]] = [None, None, None]
@@ -50,6 +53,8 @@ class FusionDetector(nn.Module):
             if f is None:
                 present[:, m] = False
         fused = self.fusion(feats, present)
+        if self.decoder is not None:
+            fused = self.decoder(fused)
         return (fused, depth) if return_depth else fused
 
     def forward(self, batch: Batch, return_depth: bool = False):

@@ -47,13 +47,16 @@ class CenterHead(nn.Module):
 
     in_channels: C of the fused map; channels: hidden width of every branch
     tasks: class-name groups; point_cloud_range: metres; cell_size: (dx, dy) metres of an output cell
+    peak_kernel: per class (CLASSES order) the odd k of the k x k peak filter in decoding (1: none)
+    attributes_in_family: decode each box's attribute among its class's own attributes only
     """
 
     def __init__(self, in_channels: int, channels: int, tasks: Sequence[Sequence[str]],
                  point_cloud_range: Sequence[float], cell_size: Sequence[float], bev_hw: Tuple[int, int],
                  weights: Dict[str, float], min_radius: int = 2, gaussian_overlap: float = 0.1,
                  max_objects: int = 500, top_k: int = 500, score_threshold: float = 0.1,
-                 nms_radius: Sequence[float] = (1.0,) * 10):
+                 nms_radius: Sequence[float] = (1.0,) * 10, peak_kernel: Sequence[int] = (3,) * 10,
+                 attributes_in_family: bool = False):
         super().__init__()
         self.tasks = [list(t) for t in tasks]
         self.task_class_ids = [[CLASSES.index(c) for c in t] for t in self.tasks]
@@ -64,6 +67,14 @@ class CenterHead(nn.Module):
         self.min_radius, self.overlap = min_radius, gaussian_overlap
         self.max_objects, self.top_k, self.score_threshold = max_objects, top_k, score_threshold
         self.nms_radius = list(nms_radius)
+        # per task: (kernel, channels of the task's heatmap that use it)
+        self.peak_groups = [[(k, [j for j, c in enumerate(ids) if peak_kernel[c] == k])
+                             for k in sorted({peak_kernel[c] for c in ids})] for ids in self.task_class_ids]
+        # bool[n_classes, n_attributes]: the attributes a class may take (none for cones and barriers)
+        allowed = torch.tensor([[_attribute_fits(c, a) for a in range(len(ATTRIBUTES))] for c in CLASSES])
+        if not attributes_in_family:
+            allowed = torch.ones_like(allowed)
+        self.register_buffer("attr_allowed", allowed, persistent=False)
         self.shared = conv_norm_act(in_channels, channels)
         # Per task one hidden 3x3 conv, then 1x1 outputs: CenterPoint gives every output its own
         # 3x3 branch, which costs 7x the convolutions for a small gain.
@@ -208,7 +219,10 @@ class CenterHead(nn.Module):
         per_sample: List[List[np.ndarray]] = [[] for _ in range(B)]
         for t, p in enumerate(preds):
             heat = torch.sigmoid(p["heatmap"].float())
-            peaks = heat * (F.max_pool2d(heat, 3, 1, 1) == heat)  # local maxima only
+            peaks = torch.zeros_like(heat)
+            for k, ch in self.peak_groups[t]:  # local maxima only, in each class's k x k window
+                h = heat[:, ch]
+                peaks[:, ch] = h * (F.max_pool2d(h, k, 1, k // 2) == h) if k > 1 else h
             n_cls = heat.shape[1]
             scores, flat = peaks.reshape(B, -1).topk(min(self.top_k, n_cls * H * W), dim=1)
             cls = flat // (H * W)
@@ -216,13 +230,14 @@ class CenterHead(nn.Module):
             ys, xs = (cells // W).float(), (cells % W).float()
             g = lambda name: self._gather(p[name].float(), cells)  # [B, K, c]
             off, hgt, size, yaw, vel = g("offset"), g("height"), g("size"), g("yaw"), g("velocity")
-            attr = g("attribute").argmax(-1)
+            labels = torch.tensor(self.task_class_ids[t], device=cls.device)[cls]
+            # argmax among the class's own attributes; a class without any gets -1 (below)
+            attr = g("attribute").masked_fill(~self.attr_allowed[labels], float("-inf")).argmax(-1)
             x = self.range[0] + (xs + off[..., 0]) * self.cell[0]
             y = self.range[1] + (ys + off[..., 1]) * self.cell[1]
             dims = size.clamp(max=5.0).exp()  # log sizes beyond e^5 = 148 m are nonsense, not boxes
             boxes = torch.stack([x, y, hgt[..., 0], dims[..., 0], dims[..., 1], dims[..., 2],
                                  torch.atan2(yaw[..., 0], yaw[..., 1]), vel[..., 0], vel[..., 1]], dim=-1)
-            labels = torch.tensor(self.task_class_ids[t], device=cls.device)[cls]
             for b in range(B):
                 keep = scores[b] >= self.score_threshold
                 rows = torch.cat([boxes[b][keep], scores[b][keep, None], labels[b][keep, None].float(),
@@ -272,4 +287,4 @@ def build_head(cfg) -> CenterHead:
                "attribute": hc.weight_attribute}
     return CenterHead(m.bev_channels, hc.channels, hc.tasks, g.point_cloud_range, cell, cfg.bev_shape, weights,
                       hc.min_radius, hc.gaussian_overlap, hc.max_objects, hc.top_k, hc.score_threshold,
-                      hc.nms_radius)
+                      hc.nms_radius, hc.peak_kernel, hc.attributes_in_family)

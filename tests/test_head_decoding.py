@@ -1,0 +1,128 @@
+"""Decoding (issue 15): per-class peak filter, attributes within the class's family, the BEV decoder."""
+import numpy as np
+import pytest
+import torch
+
+from perception.config import ConfigError, load_config
+from perception.models.build import build_model
+from perception.structures import ATTRIBUTES, CLASS_TO_ID, CLASSES
+
+from conftest import PROJECT
+
+MICRO = [
+    "grid.point_cloud_range=[-25.6, -25.6, -3.0, 25.6, 25.6, 7.0]", "grid.voxel_size=[0.8, 0.8, 10.0]",
+    "model.bev_stride=1", "model.bev_channels=16", "model.lidar.pfn_channels=[16]",
+    "model.lidar.backbone_layers=[1, 1]", "model.lidar.backbone_strides=[1, 2]",
+    "model.lidar.backbone_channels=[16, 16]", "model.lidar.neck_channels=[16, 16]",
+    "model.camera.image_size=[64, 160]", "model.camera.backbone_width=8", "model.camera.channels=8",
+    "model.camera.depth_bins=[1.0, 33.0, 2.0]", "model.radar.pfn_channels=[8]", "model.radar.conv_channels=16",
+    "model.head.channels=16", "model.fusion.heads=2", "model.decoder.channels=[16, 16]",
+    "model.decoder.neck_channels=[16, 16]",
+]
+
+
+def _head(*extra):
+    cfg = load_config(f"{PROJECT}/configs/fusion_tiny.yaml", MICRO + list(extra))
+    return cfg, build_model(cfg).head
+
+
+def _empty_preds(head, H, W):
+    return [{"heatmap": torch.full((1, len(ids), H, W), -10.0), "attribute": torch.zeros(1, 8, H, W),
+             "offset": torch.full((1, 2, H, W), 0.5), "height": torch.zeros(1, 1, H, W),
+             "size": torch.zeros(1, 3, H, W), "yaw": torch.zeros(1, 2, H, W), "velocity": torch.zeros(1, 2, H, W)}
+            for ids in head.task_class_ids]
+
+
+def _put_peak(head, preds, cls: str, y: int, x: int, logit: float):
+    for t, ids in enumerate(head.task_class_ids):
+        if CLASS_TO_ID[cls] in ids:
+            preds[t]["heatmap"][0, ids.index(CLASS_TO_ID[cls]), y, x] = logit
+            return
+    raise AssertionError(cls)
+
+
+@pytest.mark.parametrize("cls", ["pedestrian", "traffic_cone"])
+def test_adjacent_pedestrians_and_cones_are_both_decoded(cls):
+    """Two objects in neighbouring 0.8 m cells (centres 0.8 m apart, beyond the class's circle-NMS
+    radius) both come out; the recipe before issue 15 (3 x 3 peaks for every class) keeps one."""
+    cfg, head = _head()
+    H, W = cfg.bev_shape
+    preds = _empty_preds(head, H, W)
+    _put_peak(head, preds, cls, 10, 10, 3.0)
+    _put_peak(head, preds, cls, 10, 11, 2.5)
+    _put_peak(head, preds, cls, 30, 30, 3.0)  # and a diagonal pair
+    _put_peak(head, preds, cls, 31, 31, 2.0)
+    det = head.decode(preds, ["s"], [0])[0].boxes
+    assert int(np.sum(det.labels == CLASS_TO_ID[cls])) == 4
+    _, old = _head("model.head.peak_kernel=[3, 3, 3, 3, 3, 3, 3, 3, 3, 3]")
+    det_old = old.decode(preds, ["s"], [0])[0].boxes
+    assert int(np.sum(det_old.labels == CLASS_TO_ID[cls])) == 2
+
+
+def test_cars_in_neighbouring_cells_still_suppressed():
+    cfg, head = _head()
+    H, W = cfg.bev_shape
+    preds = _empty_preds(head, H, W)
+    _put_peak(head, preds, "car", 20, 20, 3.0)
+    _put_peak(head, preds, "car", 20, 21, 2.0)
+    det = head.decode(preds, ["s"], [0])[0].boxes
+    assert int(np.sum(det.labels == CLASS_TO_ID["car"])) == 1
+
+
+def test_attributes_always_of_the_box_class():
+    """Whatever attribute logit wins overall, a decoded box's attribute belongs to its own class."""
+    cfg, head = _head()
+    H, W = cfg.bev_shape
+    gen = torch.Generator().manual_seed(0)
+    preds = _empty_preds(head, H, W)
+    for t, ids in enumerate(head.task_class_ids):
+        for j, c in enumerate(ids):
+            # a peak of each class, and attribute logits where a wrong family wins the plain argmax
+            y, x = 5 + 4 * c, 5 + 4 * t
+            preds[t]["heatmap"][0, j, y, x] = 4.0
+            logits = torch.randn(8, generator=gen)
+            wrong = [a for a in range(8) if not ATTRIBUTES[a].startswith(
+                {"car": "vehicle", "truck": "vehicle", "bus": "vehicle", "trailer": "vehicle",
+                 "construction_vehicle": "vehicle", "pedestrian": "pedestrian", "motorcycle": "cycle",
+                 "bicycle": "cycle"}.get(CLASSES[c], "none"))]
+            logits[wrong[0]] = 10.0
+            preds[t]["attribute"][0, :, y, x] = logits
+    det = head.decode(preds, ["s"], [0])[0].boxes
+    assert len(det) == len(CLASSES)
+    for label, attr in zip(det.labels, det.attributes):
+        cls = CLASSES[label]
+        if cls in ("traffic_cone", "barrier"):
+            assert attr == -1
+        else:
+            assert attr >= 0, cls
+            family = {"pedestrian": "pedestrian.", "motorcycle": "cycle.", "bicycle": "cycle."}.get(cls, "vehicle.")
+            assert ATTRIBUTES[attr].startswith(family), (cls, ATTRIBUTES[attr])
+    # the recipe before issue 15 drops the out-of-family winner to "no attribute"
+    _, old = _head("model.head.attributes_in_family=false")
+    det_old = old.decode(preds, ["s"], [0])[0].boxes
+    assert np.all(det_old.attributes == -1)
+
+
+def test_decoder_keeps_the_fused_grid_and_is_optional():
+    cfg = load_config(f"{PROJECT}/configs/fusion_tiny.yaml", MICRO)
+    model = build_model(cfg)
+    assert model.decoder is not None
+    H, W = cfg.bev_shape
+    x = torch.randn(2, cfg.model.bev_channels, H, W)
+    assert model.decoder(x).shape == x.shape
+    off = build_model(load_config(f"{PROJECT}/configs/fusion_tiny.yaml",
+                                  MICRO + ["model.decoder.layers=[]", "model.decoder.strides=[]",
+                                           "model.decoder.channels=[]", "model.decoder.neck_channels=[]"]))
+    assert off.decoder is None
+
+
+@pytest.mark.parametrize("bad, field", [
+    (["model.decoder.strides=[1]"], "model.decoder.layers, strides"),
+    (["model.decoder.strides=[1, 3]"], "powers of 2"),
+    (["model.head.peak_kernel=[3, 3]"], "model.head.peak_kernel"),
+    (["model.head.peak_kernel=[3, 3, 3, 3, 3, 2, 3, 3, 1, 3]"], "model.head.peak_kernel"),
+    (["model.decoder.strides=[1, 128]"], "do not divide the fused BEV grid"),
+])
+def test_decoder_and_peak_config_errors_name_the_field(bad, field):
+    with pytest.raises(ConfigError, match=field):
+        load_config(f"{PROJECT}/configs/fusion_tiny.yaml", MICRO + bad)
