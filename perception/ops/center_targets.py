@@ -180,8 +180,7 @@ class CenterTargetBuilder:
             channel = self._offset[t] + j
             flat, vals = [], []
             for r in np.unique(radii):
-                dy, dx = self._kernel(int(r))[:2]
-                g = self._kernel(int(r))[2]
+                dy, dx, g = self._kernel(int(r))
                 which = np.flatnonzero(radii == r)
                 ys = cy[which, None] + dy[None]  # [m, (2r+1)^2]
                 xs = cx[which, None] + dx[None]
