@@ -27,6 +27,13 @@ setup(
         # TrainingLogger: scalars of every loss term, learning rate and throughput.
         "tensorboard>=2.14",
         "open3d>=0.17",
+        # Recordings (perception/data/recording.py, tools/to_mcap.py, replay's Foxglove output): ROS 1/2
+        # bags and MCAP read and written in pure Python, geodetic -> ENU for GNSS fixes. Measured to
+        # resolve together with numpy<2 and torch 2.13.0.
+        "rosbags==0.11.9",
+        "mcap==1.6.0",
+        "pymap3d==3.2.0",
+        "foxglove-sdk==0.30.3",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2",
                              # linters of docker/Dockerfile and tools/install.sh (tests/test_packaging.py)

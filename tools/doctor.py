@@ -2,6 +2,7 @@
 """Health check of a recorded drive (nuScenes format).
 
     python tools/doctor.py --dataroot DIR --version VERSION [--scene NAME] [--json OUT] [--keyframes-only]
+    python tools/doctor.py --recording drive.mcap --rig rig.yaml [--json OUT]     (ROS 1/2 bag or MCAP)
 
 Prints one line per problem and a per-channel summary, the share of LiDAR points within
 sync.lidar_remove_close of the sensor, and a warning when ground-truth boxes leave the config's
@@ -22,7 +23,10 @@ MAX_LISTED = 20  # dangling-token lines printed; the rest as one count
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataroot", required=True, help="nuScenes-format data root")
+    ap.add_argument("--dataroot", help="nuScenes-format data root (or --recording)")
+    ap.add_argument("--recording", help="a ROS 1 bag, ROS 2 bag or MCAP file, with --rig")
+    ap.add_argument("--rig", help="rig file of the recording")
+    ap.add_argument("--cache-dir", help="where a recording's sensor data are decoded to")
     ap.add_argument("--version", default="v1.0-trainval", help="table folder, e.g. v1.0-trainval or v1.0-mini")
     ap.add_argument("--scene", help="check only this scene (name or token)")
     ap.add_argument("--json", help="write the full report here (keyframe associations, channel stats, problems)")
@@ -38,10 +42,22 @@ def main(argv=None) -> int:
     from perception.data.doctor import run_doctor
     from perception.data.nuscenes_source import DataRootError
 
+    if bool(args.dataroot) == bool(args.recording) or (args.recording and not args.rig):
+        ap.error("give --dataroot, or --recording with --rig")
+    from perception.sync.calibration import CalibrationError
+    from perception.sync.gnss import GnssError
+    from perception.sync.pose import PoseError
+
     try:
         cfg = load_config(args.config, args.set)
-        report = run_doctor(args.dataroot, args.version, cfg, args.scene, args.keyframes_only)
-    except (ConfigError, DataRootError) as e:
+        if args.recording:
+            from perception.data.recording import RecordingSource
+            from perception.data.recording_doctor import run_recording_doctor
+
+            report = run_recording_doctor(RecordingSource(args.recording, args.rig, args.cache_dir), cfg)
+        else:
+            report = run_doctor(args.dataroot, args.version, cfg, args.scene, args.keyframes_only)
+    except (ConfigError, DataRootError, CalibrationError, PoseError, GnssError) as e:
         print(f"doctor: {e}", file=sys.stderr)
         return 2
 

@@ -30,9 +30,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n", 2)[2])
-    ap.add_argument("--dataroot", required=True, help="nuScenes-format data root")
+    ap.add_argument("--dataroot", help="nuScenes-format data root (or --recording)")
+    ap.add_argument("--recording", help="a ROS 1 bag, ROS 2 bag or MCAP file (with --rig) instead of --dataroot")
+    ap.add_argument("--rig", help="rig file of the recording (topics -> channels; perception/data/recording.py)")
+    ap.add_argument("--cache-dir", help="where a recording's sensor data are decoded to (default: under the temp dir)")
+    ap.add_argument("--foxglove", metavar="OUT.mcap", help="also write an MCAP with Foxglove schemas (boxes, clouds, images, /tf)")
     ap.add_argument("--version", default="v1.0-trainval", help="table folder, e.g. v1.0-trainval")
-    ap.add_argument("--scene", required=True, help="scene name (scene-0916) or token")
+    ap.add_argument("--scene", help="scene name (scene-0916) or token (a recording: its one scene)")
     ap.add_argument("--config", help="YAML config (sync settings; the model's when --checkpoint is given)")
     ap.add_argument("--checkpoint", help="model checkpoint; without it: sensors and ground truth only")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
@@ -65,6 +69,7 @@ def main(argv=None) -> int:
     from perception.data.io import SensorFileError
     from perception.errors import one_line
     from perception.sync.calibration import CalibrationError
+    from perception.sync.gnss import GnssError
     from perception.sync.pose import PoseError
 
     if a.speed is not None and a.speed <= 0:
@@ -75,11 +80,25 @@ def main(argv=None) -> int:
         ap.error("--trail must be >= 1")
     if a.checkpoint and not a.config:
         ap.error("--checkpoint needs --config (the model's architecture)")
+    if bool(a.dataroot) == bool(a.recording):
+        ap.error("give one of --dataroot (with --scene) or --recording (with --rig)")
+    if a.dataroot and not a.scene:
+        ap.error("--dataroot needs --scene")
+    if a.recording and not a.rig:
+        ap.error("--recording needs --rig (the rig file: which topic is which channel)")
     headless = a.headless or not has_display()
     out = a.out or (f"replay_{a.scene}.mp4" if headless else None)
     try:
         cfg = load_config(a.config, a.set)
-        source = NuScenesSource(a.dataroot, a.version)
+        if a.recording:
+            from perception.data.recording import RecordingSource
+
+            source = RecordingSource(a.recording, a.rig, a.cache_dir)
+            a.scene = a.scene or source.name
+            if not a.out:
+                out = f"replay_{a.scene}.mp4" if headless else None
+        else:
+            source = NuScenesSource(a.dataroot, a.version)
         source.scene(a.scene)
         detector = None
         if a.checkpoint:
@@ -90,7 +109,7 @@ def main(argv=None) -> int:
             except EvalError as e:
                 print(f"replay: {e}", file=sys.stderr)
                 return 2
-    except (ConfigError, DataRootError, CalibrationError, PoseError) as e:
+    except (ConfigError, DataRootError, CalibrationError, PoseError, GnssError) as e:
         print(f"replay: {one_line(e)}", file=sys.stderr)
         return 2
     opts = ReplayOptions(reference=a.reference, speed=1.0 if a.realtime else a.speed, drop=a.drop_sensor,
@@ -98,7 +117,8 @@ def main(argv=None) -> int:
                          out_json=os.path.splitext(out)[0] + ".json" if out else None,
                          png_dir=a.png_dir, png_every=a.png_every, headless=headless, renderer=a.renderer,
                          color_by=a.color_by, video_fps=a.video_fps,
-                         min_score=a.min_score, track=not a.no_track, trail_length=a.trail)
+                         min_score=a.min_score, track=not a.no_track, trail_length=a.trail,
+                         out_foxglove=a.foxglove)
     try:
         player = Player(source, a.scene, cfg, detector, opts)
         player.builder.missing.strict = a.strict
@@ -115,6 +135,8 @@ def main(argv=None) -> int:
         print(f"video: {s.video} {s.video_size[0]}x{s.video_size[1]}" if s.video_size else f"video: {s.video} (empty)")
     if s.json:
         print(f"log: {s.json}")
+    if a.foxglove:
+        print(f"foxglove: {a.foxglove} (open it in Foxglove Studio: File > Open local file)")
     for line in (s.problems.summary_lines() if s.problems else []):
         print(f"data problems: {line}")
     return 0

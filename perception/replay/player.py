@@ -65,6 +65,7 @@ class ReplayOptions:
     min_score: predictions and tracks below this score are not drawn (the JSON log keeps every one)
     track: run the tracker on the detections (IDs and trails drawn, tracks in the JSON)
     trail_length: past centres drawn per track (the current one included)
+    out_foxglove: also write the frames, boxes and transforms as a Foxglove MCAP here
     """
 
     reference: str = "available"
@@ -82,6 +83,7 @@ class ReplayOptions:
     min_score: float = 0.25
     track: bool = True
     trail_length: int = 10
+    out_foxglove: Optional[str] = None  # an MCAP with Foxglove schemas (perception.replay.foxglove_out)
 
 
 @dataclass
@@ -319,6 +321,11 @@ class Player:
                                            "model": self.detector is not None, "stages": list(STAGES)})
         if opt.png_dir:
             os.makedirs(opt.png_dir, exist_ok=True)
+        fox = None
+        if opt.out_foxglove:
+            from .foxglove_out import FoxgloveWriter
+
+            fox = FoxgloveWriter(opt.out_foxglove)
         totals = {k: 0.0 for k in STAGES}
         n = 0
         rss_first = rss_last = 0.0
@@ -378,6 +385,8 @@ class Player:
                 cv2.imwrite(os.path.join(opt.png_dir, f"frame_{n:05d}.png"), bgr)
             if self.interactive:
                 self._show(canvas)
+            if fox is not None:
+                fox.write(frame, det, tracks)
             times["write"] = time.perf_counter() - t
             for k, v in times.items():
                 totals[k] = totals.get(k, 0.0) + v
@@ -428,6 +437,8 @@ class Player:
             wall = time.perf_counter() - t_start
             if video is not None:
                 video.release()
+            if fox is not None:
+                fox.close()
             renderer_name = self.scene_renderer.name if self.scene_renderer is not None else ""
             if self.scene_renderer is not None:
                 self.scene_renderer.close()

@@ -252,7 +252,8 @@ class FrameBuilder:
             T = channels[cam].reads[0].T_ref_from_sensor if msgs else cal.T_ego_from_sensor
             cameras[cam] = (cal.intrinsics, T, cal.width, cal.height)
         gt = None
-        if with_gt and ref.is_key_frame:
+        # A recording (perception.data.recording) has no annotation tables: no ground truth.
+        if with_gt and ref.is_key_frame and getattr(self.source, "nusc", None) is not None:
             gt = gt_boxes_global(self.source.nusc, ref.sample_token).transformed(T_ref_from_global, "ego")
         return FramePlan(t_ref, self.scene["token"], ref.sample_token if ref.is_key_frame else "", ref.token,
                          T_global_from_ref, self.poses.ego_velocity(t_ref), channels, cameras, gt,

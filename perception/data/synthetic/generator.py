@@ -429,6 +429,13 @@ def generate_scene(out_dir: str, seed: int, index: int, name: str, cfg: Generato
     map_rec = {"token": map_token, "category": "semantic_prior", "filename": f"maps/{map_token}.png",
                "log_tokens": [log_token]}
     _write_can_bus(out_dir, name, world, int(key_t[0]), int(key_t[-1]), cfg, r_noise)
+    # GNSS fixes beside the CAN bus (perception.data.synthetic.gnss); their own generator, so that the
+    # other streams stay as they were for a seed.
+    from .gnss import fixes_json, simulate as simulate_gnss
+
+    gnss = simulate_gnss(world, int(key_t[0]), int(key_t[-1]), np.random.default_rng([seed, index, 19]),
+                         location=log["location"])
+    write_json(os.path.join(out_dir, "can_bus", f"{name}_gnss.json"), fixes_json(gnss))
     return {"scene": [scene], "log": [log], "map": [map_rec], "sample": samples, "sample_data": sample_data,
             "ego_pose": [ego_pose[k] for k in sorted(ego_pose)], "sample_annotation": annotations,
             "instance": instances, "injected": injected,
