@@ -43,6 +43,9 @@ setup(
                     # NVIDIA's numba-cuda takes over `numba.cuda` and finds it in the pip wheels. Its cu13
                     # extra (not cu12): PyPI's torch 2.13.0 is a CUDA 13 build (cuda-toolkit 13.0.3,
                     # cuda-bindings>=13), which cu12's cuda-bindings<13 cannot share an environment with.
-                    "gpu": ["numba-cuda[cu13]==0.30.4"]},
+                    "gpu": ["numba-cuda[cu13]==0.30.4"],
+                    # ONNX export (tools/export.py, torch.onnx.export(dynamo=True) needs onnxscript) and
+                    # the ONNX Runtime backend (--backend onnxruntime); checked to resolve with numpy<2.
+                    "onnx": ["onnx==1.23.2", "onnxscript==0.7.2", "onnxruntime==1.32.0"]},
     entry_points={},
 )

@@ -243,6 +243,8 @@ class FusionConfig:
     heads: attention heads; ffn_ratio: hidden width of the feed-forward / channels
     dropout_lidar / dropout_camera / dropout_radar: per-sample probability, in training, that a
         modality is hidden from the fusion (never all present ones at once)
+    implementation: "reference" (stacked window copies) or "fast" (strided window views, 1x1 convs as matmuls); the same
+        parameters and math (equal within 1e-5), so a checkpoint runs with either
     """
 
     window: int = 3
@@ -252,6 +254,7 @@ class FusionConfig:
     dropout_lidar: float = 0.0
     dropout_camera: float = 0.0
     dropout_radar: float = 0.0
+    implementation: str = "reference"
 
 
 @dataclass
@@ -343,6 +346,9 @@ class ModelConfig:
                               f"neck_channels need one entry per stage each, got lengths "
                               f"{', '.join(f'{k}={v}' for k, v in stages.items())}")
         self.camera.validate(where)
+        if self.fusion.implementation not in ("reference", "fast"):
+            raise ConfigError(f"{where}: model.fusion.implementation must be reference or fast, "
+                              f"got {self.fusion.implementation!r}")
         from .structures import CLASSES
         flat = [c for group in self.head.tasks for c in group]
         if sorted(flat) != sorted(CLASSES):

@@ -59,9 +59,9 @@ pip_quiet --upgrade pip
 # CUDA build. With a GPU: PyPI's torch 2.13.0 (a CUDA 13 build, its CUDA libraries as nvidia-* wheels;
 # needs an NVIDIA driver >= 580). '===' is string equality, so that a local 2.13.0+cpu wheel
 # (find-links) cannot satisfy it as '==' would.
-extras="test"
+extras="test,onnx"
 if [ "$GPU" = "1" ]; then
-  extras="test,gpu"
+  extras="test,onnx,gpu"
   if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then
     echo "[install] torch===2.13.0 (CUDA build)"
     pip_quiet "torch===2.13.0"
