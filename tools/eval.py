@@ -6,6 +6,7 @@
     python tools/eval.py CONFIG --oracle  --dataroot DIR ... --out OUT   # ground truth through the pipeline
     python tools/eval.py [CONFIG] --results FILE --dataroot DIR ... --out OUT   # an existing results file
     ... --tracking                   # also track the detections and evaluate the tracks (any of the three)
+    ... --backend onnxruntime [--onnx FILE] [--compare-torch]   # the exported graph in ONNX Runtime
 
 Writes OUT/results_nusc.json (not with --results), OUT/metrics_summary.json, OUT/metrics_details.json,
 OUT/plots/ (devkit) and OUT/report.md; with --robustness also OUT/robustness/<case>/ and OUT/robustness.json;
@@ -69,6 +70,14 @@ def main(argv=None) -> int:
     ap.add_argument("--tracking", action="store_true",
                     help="run the tracker (config section 'tracking') over the detections of each scene in time "
                          "order and evaluate the tracks with the devkit's TrackingEval (tracking_nips_2019)")
+    ap.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                    help="what runs the network: torch eager, or the ONNX export in ONNX Runtime (CPU, one frame "
+                         "per run); both share voxelization, camera geometry and decode")
+    ap.add_argument("--onnx", metavar="FILE", help="ONNX graph of the checkpoint for --backend onnxruntime "
+                                                   "(default OUT/model.onnx, exported there when absent)")
+    ap.add_argument("--compare-torch", action="store_true",
+                    help="with --backend onnxruntime: also run torch on every frame and report the largest "
+                         "head-map difference and the frames whose decoded classes differ")
     args = ap.parse_args(argv)
     # WARNING: the first unreadable file of each channel is logged when it happens (the rest are counted)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -81,6 +90,10 @@ def main(argv=None) -> int:
         ap.error("CONFIG is required with --checkpoint and --oracle")
     if args.batch_size < 1:
         ap.error("--batch-size must be >= 1")
+    if args.backend != "torch" and not args.checkpoint:
+        ap.error("--backend onnxruntime needs --checkpoint")
+    if (args.onnx or args.compare_torch) and args.backend == "torch":
+        ap.error("--onnx and --compare-torch go with --backend onnxruntime")
 
     from perception.config import ConfigError, load_config
     from perception.data.nuscenes_source import DataRootError, NuScenesSource
@@ -89,12 +102,16 @@ def main(argv=None) -> int:
     from perception.eval.report import write_report
     from perception.data.io import SensorFileError
     from perception.engine.checkpoint import CheckpointError as TrainCheckpointError
+    from perception.deploy.export import ExportError as OnnxExportError
     from perception.errors import one_line
     from perception.sync.calibration import CalibrationError
     from perception.sync.pose import PoseError
 
+    from perception.deploy.backends import OnnxRuntimeDetector
+
     distributed = _init_distributed()
     rank = ev.dist_rank_world()[0]
+    detector = None
     try:
         cfg = load_config(args.config, args.set)
         if os.path.isdir(os.path.join(args.dataroot, args.version)):  # else the source names the bad root
@@ -112,8 +129,14 @@ def main(argv=None) -> int:
         else:
             if args.oracle:
                 detector, mode_text = ev.OracleDetector(), "oracle (ground truth through the pipeline)"
-            else:
+            elif args.backend == "torch":
                 detector, mode_text = ev.build_detector(cfg, args.checkpoint), "model"
+            else:
+                from perception.deploy.backends import build_backend_detector
+
+                onnx_path = args.onnx or os.path.join(out, "model.onnx")
+                detector = build_backend_detector(cfg, args.checkpoint, args.backend, onnx_path, args.compare_torch)
+                mode_text = f"model, {args.backend} ({onnx_path})"
             run = ev.evaluate_detector(detector, source, cfg, args.split, out, drop=args.drop,
                                        batch_size=args.batch_size, render_curves=render, strict=args.strict)
             rows = None
@@ -154,7 +177,7 @@ def main(argv=None) -> int:
                                      + (f" (oracle: max_age {trk.ORACLE_MAX_AGE} frames)" if args.oracle else ""))
         report = write_report(out, summary, provenance, robustness=rows, problems=problems, depth=depth,
                               tracking=tracking)
-    except (ev.EvalError, ExportError, ConfigError, DataRootError, CalibrationError, PoseError, SensorFileError,
+    except (ev.EvalError, ExportError, OnnxExportError, ConfigError, DataRootError, CalibrationError, PoseError, SensorFileError,
             TrainCheckpointError, OSError) as e:
         print(f"eval: {one_line(e)}", file=sys.stderr)
         return 2
@@ -168,6 +191,8 @@ def main(argv=None) -> int:
     if depth is not None:
         d = depth["all"]
         print(f"camera depth: AbsRel {d['abs_rel']:.4f}  RMSE {d['rmse']:.3f} m  delta<1.25 {d['delta1']:.4f}")
+    if isinstance(detector, OnnxRuntimeDetector):
+        print(f"eval: {detector.summary()}")
     print(f"mAP {summary['mean_ap']:.4f}  NDS {summary['nd_score']:.4f}  report: {report}"
           + (f"  ({problems.total()} unreadable file(s): see report)" if problems else ""))
     if tracking is not None:

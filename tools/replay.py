@@ -4,6 +4,7 @@
     python tools/replay.py --dataroot DIR --version VERSION --scene NAME [--config C --checkpoint CKPT]
                            [--out OUT.mp4] [--headless] [--realtime | --speed X] [--drop-sensor CHANNEL ...]
                            [--max-frames N] [--reference available|keyframes|all] [--png-dir DIR]
+                           [--backend torch|onnxruntime [--onnx FILE]]
 
 Without --checkpoint it is a data viewer (sensors and ground truth). With one, the online tracker (the
 config's 'tracking' section) runs on the detections as they stream: track IDs and short trails in the
@@ -59,6 +60,10 @@ def main(argv=None) -> int:
     ap.add_argument("--video-fps", type=float, help="video frame rate (default: the recorded reference rate)")
     ap.add_argument("--no-track", action="store_true", help="do not run the tracker on the detections")
     ap.add_argument("--trail", type=int, default=10, metavar="N", help="past centres drawn per track (default 10)")
+    ap.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                    help="what runs the network: torch eager or the ONNX export in ONNX Runtime (CPU)")
+    ap.add_argument("--onnx", metavar="FILE", help="ONNX graph of the checkpoint for --backend onnxruntime "
+                                                   "(default: the video's name with .onnx, exported there when absent)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -80,6 +85,8 @@ def main(argv=None) -> int:
         ap.error("--trail must be >= 1")
     if a.checkpoint and not a.config:
         ap.error("--checkpoint needs --config (the model's architecture)")
+    if a.backend != "torch" and not a.checkpoint:
+        ap.error("--backend onnxruntime needs --checkpoint")
     if bool(a.dataroot) == bool(a.recording):
         ap.error("give one of --dataroot (with --scene) or --recording (with --rig)")
     if a.dataroot and not a.scene:
@@ -102,11 +109,14 @@ def main(argv=None) -> int:
         source.scene(a.scene)
         detector = None
         if a.checkpoint:
-            from perception.eval.evaluate import EvalError, build_detector
+            from perception.deploy.backends import build_backend_detector
+            from perception.deploy.export import ExportError
+            from perception.eval.evaluate import EvalError
 
+            onnx_path = a.onnx or os.path.splitext(out or f"replay_{a.scene}")[0] + ".onnx"
             try:
-                detector = build_detector(cfg, a.checkpoint)
-            except EvalError as e:
+                detector = build_backend_detector(cfg, a.checkpoint, a.backend, onnx_path)
+            except (EvalError, ExportError) as e:
                 print(f"replay: {e}", file=sys.stderr)
                 return 2
     except (ConfigError, DataRootError, CalibrationError, PoseError, GnssError) as e:
@@ -126,6 +136,8 @@ def main(argv=None) -> int:
     except (ConfigError, DataRootError, CalibrationError, PoseError, SensorFileError, OSError) as e:
         print(f"replay: {one_line(e)}", file=sys.stderr)
         return 2
+    if hasattr(detector, "summary"):
+        print(detector.summary())
     stages = " ".join(f"{k} {v:.1f}" for k, v in s.mean_ms.items() if v > 0)
     print(f"replay {a.scene}: {s.frames} frames in {s.wall_s:.1f} s = {s.fps:.2f} fps; 3D: {s.renderer}")
     print(f"mean ms per frame: {stages}")

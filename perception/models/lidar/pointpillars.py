@@ -152,8 +152,9 @@ class PointPillarsEncoder(nn.Module):
         self.max_points = max_points_per_voxel
         self.max_voxels = max_voxels  # (training, inference)
 
-    def forward(self, points: List[torch.Tensor]) -> torch.Tensor:
-        """points: B x float[N_i, 6] (x, y, z, intensity, ring, time_lag s), ego frame, metres"""
+    def pillars(self, points: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The network's input after the data path: (voxels float[M, P, 5], num_points int64[M],
+        coords int64[M, 4] (batch, z, y, x)) of points: B x float[N_i, 6] (see forward)."""
         cols = list(self.POINT_COLUMNS)
         pts = []
         for p in points:
@@ -161,7 +162,11 @@ class PointPillarsEncoder(nn.Module):
             q[:, 3] = q[:, 3] / 255.0  # intensity to [0, 1]
             pts.append(q)
         cap = self.max_voxels[0] if self.training else self.max_voxels[1]
-        voxels, nums, coords = voxelize_batch(pts, self.voxel_size, self.point_cloud_range, self.max_points, cap)
+        return voxelize_batch(pts, self.voxel_size, self.point_cloud_range, self.max_points, cap)
+
+    def forward(self, points: List[torch.Tensor]) -> torch.Tensor:
+        """points: B x float[N_i, 6] (x, y, z, intensity, ring, time_lag s), ego frame, metres"""
+        voxels, nums, coords = self.pillars(points)
         feats = self.pfn(voxels, nums, coords)
         canvas = scatter_pillars(feats, coords, len(points), self.grid_hw)
         return self.backbone(canvas)

@@ -37,15 +37,19 @@ class RadarPillarEncoder(nn.Module):
                                    conv_norm_act(conv_channels, conv_channels),
                                    conv_norm_act(conv_channels, out_channels))
 
-    def forward(self, points: List[torch.Tensor]) -> torch.Tensor:
-        """points: B x float[M_i, 7] (x, y, z, rcs dBsm, vx, vy m/s, time_lag s), ego frame"""
+    def pillars(self, points: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The network's input after the data path: (voxels float[M, P, 7], num_points int64[M],
+        coords int64[M, 4] (batch, z, y, x)) of points: B x float[M_i, 7] (see forward)."""
         pts = []
         for p in points:
             q = p.float().clone()
             q[:, 3] = q[:, 3] / 10.0  # RCS spans roughly -10..40 dBsm
             pts.append(q)
-        voxels, nums, coords = voxelize_batch(pts, self.voxel_size, self.point_cloud_range, self.max_points,
-                                              self.max_voxels)
+        return voxelize_batch(pts, self.voxel_size, self.point_cloud_range, self.max_points, self.max_voxels)
+
+    def forward(self, points: List[torch.Tensor]) -> torch.Tensor:
+        """points: B x float[M_i, 7] (x, y, z, rcs dBsm, vx, vy m/s, time_lag s), ego frame"""
+        voxels, nums, coords = self.pillars(points)
         feats = self.pfn(voxels, nums, coords)
         return self.convs(scatter_pillars(feats, coords, len(points), self.grid_hw))
 
