@@ -104,14 +104,14 @@ def tiny_model_and_frame(real_source):
 
 
 def test_torch_native_graph_equals_eager_model(tiny_model_and_frame):
-    """The exportable formulation (dense PFN, index_add scatter and BEV pooling, all camera slots, fast
-    fusion) computes what the eager model computes, with every sensor and with sensors missing."""
-    from perception.deploy.check import drop_sensors
+    """The exportable formulation (dense PFN, scatter_add pillar scatter and BEV pooling, all camera slots, fast
+    fusion) computes what the eager model computes, in torch (the missing-sensor cases run in the ONNX
+    Runtime test below)."""
     from perception.deploy.graph import HEAD_OUTPUTS, ExportableDetector, prepare_inputs
 
     model, _, _, batch = tiny_model_and_frame
     graph = ExportableDetector(model).eval()
-    for b in (batch, drop_sensors(batch, lidar=True), drop_sensors(batch, cameras=(0, 1))):
+    for b in (batch,):
         with torch.no_grad():
             ref = model(b)
             out = graph(*prepare_inputs(model, b).values())
@@ -134,7 +134,8 @@ def test_onnx_export_runs_in_onnxruntime_like_torch(tiny_model_and_frame, tmp_pa
     onnx.checker.check_model(proto, full_check=True)
     assert {o.domain for o in proto.opset_import} <= {"", "ai.onnx"} and rep.opset == OPSET
     assert {n.domain for n in proto.graph.node} <= {""}  # no custom operators
-    assert "ScatterND" in rep.op_types  # the pillar scatter and BEV pooling, torch-native
+    # the pillar scatter and BEV pooling, torch-native; not ScatterND (threaded adds in ORT, see scatter_rows)
+    assert "ScatterElements" in rep.op_types and "ScatterND" not in rep.op_types
     dyn = {i.name: i.type.tensor_type.shape.dim[0].dim_param for i in proto.graph.input}
     assert dyn["lidar_voxels"] and dyn["radar_voxels"]  # pillar counts are dynamic axes
     cases = compare_backends(model, frame, cfg, path)

@@ -6,6 +6,8 @@ pillar counts are the only dynamic axes (``DYNAMIC_AXES``); the file is checked 
 """
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -53,13 +55,22 @@ def export_onnx(model, batch, path: str, opset: int = OPSET, optimize: bool = Tr
         raise ExportError(f"prepared inputs {names} differ from the graph's {input_names(model)}")
     dims = {name: torch.export.Dim(name, min=1, max=1 << 20) for name in ("lidar_pillars", "radar_pillars")}
     shapes = tuple({a: dims[d] for a, d in DYNAMIC_AXES[n].items()} if n in DYNAMIC_AXES else None for n in names)
-    with torch.no_grad():
+    quiet = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    with torch.no_grad(), warnings.catch_warnings():
+        # the exporter's deprecation notes and "axis name ... will not be used" (the three pillar
+        # inputs share one axis, by design) say nothing about this graph
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message=".*axis name.*")
         try:
             program = torch.onnx.export(graph, tuple(inputs.values()), input_names=names,
                                         output_names=output_names(model), opset_version=opset, dynamo=True,
                                         dynamic_shapes={"args": shapes}, optimize=optimize, verbose=False)
         except Exception as e:  # the exporter raises many types; one line with the first cause
             raise ExportError(f"torch.onnx.export failed: {str(e).strip().splitlines()[0]}") from e
+        finally:
+            quiet.setLevel(level)
     proto = program.model_proto
     domains = {o.domain for o in proto.opset_import} | {n.domain for n in proto.graph.node}
     if domains - {"", "ai.onnx"}:

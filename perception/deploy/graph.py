@@ -8,7 +8,7 @@ What follows the graph, ``decode_outputs`` (shared by every backend): the head's
 per-class peak filter, attribute masking, circle NMS) on the maps, whatever produced them.
 
 Inside the graph the two scatter ops get torch-native formulations that export to standard ONNX
-(``index_add`` -> ScatterND with reduction add): the pillar scatter and the lift-splat BEV pooling
+(``scatter_add`` -> ScatterElements with reduction add; see ``scatter_rows``): the pillar scatter and the lift-splat BEV pooling
 (``perception.ops.bev_pool``'s numba kernel in eager mode). Both send what they drop (padding pillars,
 frustum points outside the grid, absent cameras) to one extra row past the grid that is cut off
 afterwards, so every shape stays static but the pillar counts. Absent sensors are inputs (``present``,
@@ -74,13 +74,18 @@ def pillar_features(pfn, voxels: torch.Tensor, num_points: torch.Tensor, coords:
 
 def scatter_rows(feats: torch.Tensor, cells: torch.Tensor, batch_size: int, grid_hw: Sequence[int]) -> torch.Tensor:
     """Sum of feats float[K, C] into BEV cells: float[B, C, H, W]. cells: int64[K] linear cell
-    b*H*W + y*W + x, or -1 to drop (summed into a spare row that is cut off). index_add exports as
-    ScatterND(reduction=add); with one row per cell (pillars) it is a plain scatter."""
+    b*H*W + y*W + x, or -1 to drop (summed into a spare row that is cut off).
+
+    scatter_add, which exports as ScatterElements(reduction=add), not index_add (ScatterND): ONNX
+    Runtime 1.32's CPU ScatterND adds duplicate indices from several threads (onnxruntime#18048); with
+    it, runs of one frame differed from each other by 1e-6 and once, on the loaded 2-core machine, by
+    0.014 in a heatmap. Its ScatterElements adds in one thread, in index order. With one row per cell
+    (pillars) it is a plain scatter."""
     H, W = grid_hw
     n = batch_size * H * W
     C = feats.shape[1]
     idx = torch.where(cells >= 0, cells, torch.full_like(cells, n))
-    rows = feats.new_zeros(n + 1, C).index_add(0, idx, feats)
+    rows = feats.new_zeros(n + 1, C).scatter_add(0, idx.view(-1, 1).expand(-1, C), feats)
     return rows[:n].view(batch_size, H, W, C).permute(0, 3, 1, 2)
 
 
