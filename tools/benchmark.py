@@ -4,7 +4,7 @@
     python tools/benchmark.py data [--dataroot DIR --version V] [--frames N] [--json OUT]
     python tools/benchmark.py ops [--json OUT]
     python tools/benchmark.py train --config C [--dataroot DIR --version V] [--json OUT]
-    python tools/benchmark.py model --config C [--frames N] [--threads T] [--json OUT]
+    python tools/benchmark.py model --config C [--frames N] [--threads T] [--backend torch onnxruntime] [--json OUT]
     python tools/benchmark.py tracking [--objects N] [--frames N] [--json OUT]
 
 data: frames per second of building synchronized frames (10 LiDAR sweeps, 6 sweeps per radar) on
@@ -179,11 +179,34 @@ def bench_model(args) -> dict:
     batches = [collate([frame_to_sample(fb.build(r), cfg)]) for r in refs]
     torch.manual_seed(0)
     model = build_model(cfg).eval()
+    if args.checkpoint:  # trained weights: decode then sees a trained model's peaks
+        from perception.eval.evaluate import load_checkpoint_into
+
+        load_checkpoint_into(model, args.checkpoint)
     params = {name: sum(p.numel() for p in mod.parameters()) for name, mod in
               (("lidar", model.lidar), ("camera", model.camera), ("radar", model.radar),
-               ("fusion", model.fusion), ("head", model.head)) if mod is not None}
+               ("fusion", model.fusion), ("decoder", model.decoder), ("head", model.head)) if mod is not None}
     params["total"] = sum(p.numel() for p in model.parameters())
-    stages = {k: [] for k in ("voxelize", "lidar", "camera", "radar", "fusion", "head", "decode", "end_to_end")}
+    impls = ("reference", "fast")
+    stages = {k: [] for k in ("voxelize", "lidar", "camera", "radar", "fusion_reference", "fusion_fast", "decoder",
+                              "head", "decode", "end_to_end_reference", "end_to_end_fast", "onnxruntime_inputs",
+                              "onnxruntime_session", "onnxruntime_end_to_end")}
+    session = None
+    if "onnxruntime" in args.backend:
+        from perception.deploy.export import export_onnx, load_session
+        from perception.deploy.graph import decode_outputs, prepare_inputs
+
+        tmp = tempfile.TemporaryDirectory(prefix="bench_onnx_")
+        t0 = time.perf_counter()
+        export_onnx(model, batches[0], os.path.join(tmp.name, "model.onnx"))
+        export_s = time.perf_counter() - t0
+        session = load_session(os.path.join(tmp.name, "model.onnx"), args.threads)
+        names = [i.name for i in session.get_inputs()]
+
+        def ort_predict(b):
+            inputs = timed("onnxruntime_inputs", lambda: prepare_inputs(model, b))
+            out = timed("onnxruntime_session", lambda: session.run(None, {n: inputs[n].numpy() for n in names}))
+            return decode_outputs(model, out, b)
 
     def timed(name, fn):
         t0 = time.perf_counter()
@@ -194,7 +217,9 @@ def bench_model(args) -> dict:
     with torch.no_grad():
         for b in batches[:2]:  # warm-up: numba compilation, allocator
             model.predict(b)
-        for b in batches:
+            if session is not None:
+                ort_predict(b)
+        for i, b in enumerate(batches):
             if model.lidar is not None:
                 lc = model.lidar
                 pts = [p[:, list(lc.POINT_COLUMNS)].float() for p in b.lidar_points]
@@ -212,21 +237,48 @@ def bench_model(args) -> dict:
             for m, f in enumerate(feats):
                 if f is None:
                     present[:, m] = False
-            fused = timed("fusion", lambda: model.fusion(feats, present))
+            # both fusion implementations on the same inputs, alternating which goes first (load drifts)
+            for impl in (impls if i % 2 == 0 else impls[::-1]):
+                model.fusion.implementation = impl
+                fused = timed(f"fusion_{impl}", lambda: model.fusion(feats, present))
+            if model.decoder is not None:
+                fused = timed("decoder", lambda: model.decoder(fused))
             preds = timed("head", lambda: model.head(fused, b.ego_velocity))
             timed("decode", lambda: model.head.decode(preds, b.sample_tokens, b.timestamps))
-            timed("end_to_end", lambda: model.predict(b))
+            for impl in (impls if i % 2 == 0 else impls[::-1]):
+                model.fusion.implementation = impl
+                timed(f"end_to_end_{impl}", lambda: model.predict(b))
+            if session is not None:
+                timed("onnxruntime_end_to_end", lambda: ort_predict(b))
+    model.fusion.implementation = cfg.model.fusion.implementation
     ms = {k: round(1e3 * float(np.median(v)), 1) for k, v in stages.items() if v}
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = None
     res = {"config": cfg.source, "threads": args.threads, "frames": len(batches), "parameters": params,
-           "median_ms": ms, "frames_per_s": round(1e3 / ms["end_to_end"], 2),
+           "median_ms": ms, "frames_per_s": {k[len("end_to_end_"):] if k.startswith("end_to_end_") else "onnxruntime":
+                                              round(1e3 / v, 2) for k, v in ms.items() if "end_to_end" in k},
+           "fusion_speedup": round(ms["fusion_reference"] / ms["fusion_fast"], 2),
+           "fusion_share_of_end_to_end": {impl: round(ms[f"fusion_{impl}"] / ms[f"end_to_end_{impl}"], 3)
+                                          for impl in impls},
+           "load_average_1min": load,
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "bev_shape": list(cfg.bev_shape)}
+    if session is not None:
+        res["onnx_export_s"] = round(export_s, 1)
     print(f"model benchmark: {cfg.source}, {len(batches)} real keyframes, batch 1, {args.threads} threads, "
-          f"fused BEV {cfg.bev_shape[0]}x{cfg.bev_shape[1]}")
+          f"fused BEV {cfg.bev_shape[0]}x{cfg.bev_shape[1]}; load average {load}")
     print("parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in params.items()))
-    print("median latency ms (lidar includes voxelize; end_to_end = predict incl. decode):")
+    print("median latency ms (lidar includes voxelize; end_to_end = predict incl. decode; onnxruntime_inputs = "
+          "voxelization and camera geometry):")
     print("  " + "  ".join(f"{k} {v}" for k, v in ms.items()))
-    print(f"end to end: {res['frames_per_s']} frames/s; peak RSS {res['peak_rss_mb']} MB")
+    print(f"fusion: fast {res['fusion_speedup']}x the reference; share of end to end "
+          + ", ".join(f"{k} {v:.0%}" for k, v in res["fusion_share_of_end_to_end"].items()))
+    print("frames/s: " + ", ".join(f"{k} {v}" for k, v in res["frames_per_s"].items())
+          + f"; peak RSS {res['peak_rss_mb']} MB")
+    if session is not None:
+        tmp.cleanup()
     return res
 
 
@@ -306,6 +358,10 @@ def main(argv=None) -> int:
     m.add_argument("--version", default="v1.0-trainval")
     m.add_argument("--frames", type=int, default=12)
     m.add_argument("--threads", type=int, default=2)
+    m.add_argument("--checkpoint", help="weights to load (default: random, seed 0)")
+    m.add_argument("--backend", nargs="+", default=["torch"], choices=("torch", "onnxruntime"),
+                   help="torch (eager, both fusion implementations) and/or onnxruntime (the ONNX export, "
+                        "same frames, interleaved)")
     m.add_argument("--json")
     k = sub.add_parser("tracking", help="tracker ms per frame at N detections and N tracks, one core")
     k.add_argument("--objects", type=int, default=200)
