@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One prepared GPU check: every CUDA path of the project exercised in a few minutes (issue 20).
 
-    python tools/gpu_check.py [--out DIR] [--mode auto|gpu|cpu] [--parts kernels inference train replay]
+    python tools/gpu_check.py [--out DIR] [--mode auto|gpu|cpu] [--parts kernels inference train replay] [--quick]
     make gpu-check                     (installs first: with nvidia-smi present, the CUDA torch and numba-cuda)
 
 Parts, each in its own process with its own time limit (a crash, a hang or a failure in one does not
@@ -31,6 +31,11 @@ under NUMBA_ENABLE_CUDASIM=1 on tiny inputs (the torch interop through a shim: t
 as_cuda_array / external_stream), the tiny config only, a few training steps, two replay frames.
 tests/test_gpu_check.py runs that mode, and proves that a kernel disagreeing with its reference fails
 it (PERCEPTION_GPU_CHECK_INJECT=<kernel> corrupts that kernel's CUDA result; used by that test only).
+
+--quick (CPU mode only; what the test runs, so that CI stays short): the same parts, sub-checks,
+step counts and code paths on less arithmetic: a micro model (narrow channels, a 64 x 64 BEV grid,
+two cameras) and a 2 s synthetic drive. The kernels part is unchanged (already at simulator sizes).
+Ignored in GPU mode.
 """
 from __future__ import annotations
 
@@ -66,7 +71,30 @@ NUSC_CFG = os.path.join(PROJECT, "configs", "fusion_nuscenes.yaml")
 NUSC_SET = ["model.camera.pretrained="]
 # CPU mode: the tiny config made smaller still (images 64 x 192, one LiDAR and one radar sweep), same code.
 CPU_SET = ["model.camera.image_size=[64,192]", "sync.lidar_sweeps=1", "sync.radar_sweeps=1"]
+# --quick on top of CPU_SET: the micro model of tests/test_model.py (MICRO) with a slim BEV decoder and
+# two cameras. Same modules, same code paths; a fraction of the arithmetic.
+QUICK_SET = [
+    "grid.point_cloud_range=[-25.6, -25.6, -5.0, 25.6, 25.6, 3.0]", "grid.voxel_size=[0.8, 0.8, 8.0]",
+    "model.bev_stride=1", "model.bev_channels=16", "model.lidar.pfn_channels=[16]",
+    "model.lidar.backbone_layers=[1, 1]", "model.lidar.backbone_strides=[1, 2]",
+    "model.lidar.backbone_channels=[16, 16]", "model.lidar.neck_channels=[16, 16]",
+    "model.camera.image_size=[64, 160]", "model.camera.backbone_width=8", "model.camera.channels=8",
+    "model.camera.depth_bins=[1.0, 33.0, 2.0]", "model.radar.pfn_channels=[8]", "model.radar.conv_channels=16",
+    "model.head.channels=16", "model.fusion.heads=2", "model.decoder.layers=[1, 1]",
+    "model.decoder.channels=[16, 16]", "model.decoder.neck_channels=[16, 16]", "data.cameras=[CAM_FRONT, CAM_BACK]",
+]
+# Set by main for --quick in CPU mode; the part processes and the torchrun worker inherit it.
+QUICK_ENV = "PERCEPTION_GPU_CHECK_QUICK"
 FPS_GOAL = 20.0
+
+
+def _quick(mode: str) -> bool:
+    return mode == "cpu" and os.environ.get(QUICK_ENV) == "1"
+
+
+def _cpu_set(mode: str) -> List[str]:
+    """The overrides of the tiny config in CPU mode (with --quick: the micro model)."""
+    return list(CPU_SET) + (list(QUICK_SET) if _quick(mode) else [])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -625,7 +653,7 @@ def part_inference(rec: Recorder, args) -> None:
 
     gpu = rec.mode == "gpu"
     out_dir = os.path.join(args.out, "inference")
-    configs = [("tiny", TINY_CFG, []), ("nuscenes", NUSC_CFG, NUSC_SET)] if gpu else [("tiny", TINY_CFG, CPU_SET)]
+    configs = [("tiny", TINY_CFG, []), ("nuscenes", NUSC_CFG, NUSC_SET)] if gpu else [("tiny", TINY_CFG, _cpu_set(rec.mode))]
     if not gpu:
         # The nuScenes config (ResNet-50 on six 256 x 704 images, 512 x 512 pillars) costs seconds per
         # frame on two cores: in CPU mode it is built (config and model construction) but not run.
@@ -717,16 +745,18 @@ def part_inference(rec: Recorder, args) -> None:
 # ----------------------------------------------------------------------------------------------
 # Part 3: training
 # ----------------------------------------------------------------------------------------------
-def _synthetic_root(out_dir: str, gpu: bool, rec: Recorder) -> str:
+def _synthetic_root(out_dir: str, gpu: bool, rec: Recorder, quick: bool = False) -> str:
     from perception.data.synthetic import generate, preset
 
-    root = os.path.join(out_dir, "synthetic")
+    root = os.path.join(out_dir, "synthetic_quick" if quick else "synthetic")
     stamp = os.path.join(root, ".complete")
     if not os.path.isfile(stamp):
         shutil.rmtree(root, ignore_errors=True)
         with rec.phase("generate synthetic root"):
             # 'tiny' sensors (192 x 108 images, 256 azimuth steps); GPU: three 6 s train scenes.
-            cfg = preset("tiny", train_scenes=3 if gpu else 1, val_scenes=1, duration_s=6.0 if gpu else 3.0,
+            # --quick: one 2 s train scene (4 keyframes) and no val scene (the part trains only).
+            cfg = preset("tiny", train_scenes=3 if gpu else 1, val_scenes=0 if quick else 1,
+                         duration_s=6.0 if gpu else 2.0 if quick else 3.0,
                          workers=min(4, os.cpu_count() or 1) if gpu else 1)
             generate(root, cfg, seed=0)
         open(stamp, "w").close()
@@ -748,10 +778,11 @@ def part_train(rec: Recorder, args) -> None:
 
     gpu = rec.mode == "gpu"
     out_dir = os.path.join(args.out, "train")
-    root = _synthetic_root(out_dir, gpu, rec)
+    quick = _quick(rec.mode)
+    root = _synthetic_root(out_dir, gpu, rec, quick)
     steps = 60 if gpu else 6
     half = steps // 2
-    cfg_path, sets = (NUSC_CFG, list(NUSC_SET)) if gpu else (TINY_CFG, list(CPU_SET))
+    cfg_path, sets = (NUSC_CFG, list(NUSC_SET)) if gpu else (TINY_CFG, _cpu_set(rec.mode))
     workers = max(0, min(6, (os.cpu_count() or 2) - 2)) if gpu else 0
     sets += ["train.amp=bf16", "train.log_every=1", f"train.checkpoint_every={half}", "train.keep_last=5",
              f"train.num_workers={workers}", f"train.cache_dir={os.path.join(out_dir, 'cache')}"]
@@ -759,7 +790,7 @@ def part_train(rec: Recorder, args) -> None:
         sets += ["train.batch_size=1"]
     cfg = load_config(cfg_path, sets)
     rec.metrics.update({"config": os.path.relpath(cfg_path, PROJECT), "steps": steps, "batch_size": cfg.train.batch_size,
-                        "amp": cfg.train.amp, "num_workers": workers, "dataroot": root})
+                        "amp": cfg.train.amp, "num_workers": workers, "dataroot": root, "quick": quick})
     work_a, work_b = os.path.join(out_dir, "run"), os.path.join(out_dir, "resumed")
 
     def run_a():
@@ -867,7 +898,7 @@ def ddp_worker(args) -> int:
         torch.cuda.set_device(local)
     dist.init_process_group("nccl" if gpu else "gloo")
     device = torch.device(f"cuda:{local}" if gpu else "cpu")
-    cfg_path, sets = (NUSC_CFG, list(NUSC_SET)) if gpu else (TINY_CFG, list(CPU_SET))
+    cfg_path, sets = (NUSC_CFG, list(NUSC_SET)) if gpu else (TINY_CFG, _cpu_set(args.mode))
     cfg = load_config(cfg_path, sets + ["train.amp=bf16"])
     plans = build_index(args.dataroot, VERSION, cfg.train.split, cfg, os.path.join(args.out, "train", "cache"))
     ds = TrainDataset(plans, cfg, augment=True, seed=rank)
@@ -918,7 +949,7 @@ def part_replay(rec: Recorder, args) -> None:
 
     gpu = rec.mode == "gpu"
     out_dir = os.path.join(args.out, "replay")
-    cfg_path, sets = (NUSC_CFG, NUSC_SET) if gpu else (TINY_CFG, CPU_SET)
+    cfg_path, sets = (NUSC_CFG, NUSC_SET) if gpu else (TINY_CFG, _cpu_set(rec.mode))
     n = 6 if gpu else 2
 
     def run():
@@ -1035,7 +1066,8 @@ def _run_part_process(part: str, mode: str, out: str, limit: int, extra_env: Dic
 def _markdown(summary: dict) -> str:
     env = summary["environment"]
     lines = [f"# GPU check ({summary['mode']} mode): {summary['status']}", "",
-             f"- when: {summary['started']}, {summary['wall_s']:.1f} s in all",
+             f"- when: {summary['started']}, {summary['wall_s']:.1f} s in all"
+             + (" (--quick: micro model, 2 s synthetic drive)" if summary.get("quick") else ""),
              f"- device: {env.get('torch_device') or 'none (CPU mode: numba.cuda kernels under the simulator)'}; "
              f"GPUs by nvidia-smi: {env.get('gpus') or 'none'}",
              f"- torch {env.get('torch')} (CUDA build {env.get('torch_cuda_build')}), numba {env.get('numba')}, "
@@ -1081,6 +1113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(PROJECT, "work", "gpu_check"))
     ap.add_argument("--mode", default="auto", choices=("auto", "gpu", "cpu"))
     ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    ap.add_argument("--quick", action="store_true",
+                    help="CPU mode: the same parts on a micro model and a 2 s synthetic drive (the test's run)")
     ap.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)  # internal: one part, in this process
     ap.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)  # internal: under torchrun
     ap.add_argument("--dataroot", help=argparse.SUPPRESS)
@@ -1109,13 +1143,19 @@ def main(argv=None) -> int:
     os.makedirs(os.path.join(a.out, "parts"), exist_ok=True)
     env = _environment()
     mode = a.mode if a.mode != "auto" else ("gpu" if env.get("torch_cuda_available") else "cpu")
+    quick = a.quick and mode == "cpu"
+    if quick:
+        os.environ[QUICK_ENV] = "1"  # inherited by the part processes
+    else:
+        os.environ.pop(QUICK_ENV, None)
     problems = []
     if env.get("nvidia_smi") and not env.get("torch_cuda_available"):
         problems.append(f"nvidia-smi sees {env.get('gpus')} but torch {env.get('torch')} has no CUDA "
                         f"(build {env.get('torch_cuda_build')}): a CPU build, or a driver older than that build needs")
     if mode == "gpu" and not env.get("torch_cuda_available"):
         problems.append("--mode gpu without a CUDA device")
-    print(f"gpu_check: {mode} mode; {env.get('torch_device') or 'no CUDA device'}; out {a.out}", flush=True)
+    print(f"gpu_check: {mode} mode{' (quick)' if quick else ''}; {env.get('torch_device') or 'no CUDA device'}; "
+          f"out {a.out}" + ("; --quick ignored in GPU mode" if a.quick and not quick else ""), flush=True)
     for p in problems:
         print(f"gpu_check: ENVIRONMENT PROBLEM: {p}", flush=True)
 
@@ -1130,7 +1170,8 @@ def main(argv=None) -> int:
               + (f"; failed: {'; '.join(failed)}" if failed else "") + (f"; {r['error']}" if r.get("error") else ""),
               flush=True)
     status = "passed" if parts and not problems and all(r["status"] == "passed" for r in parts.values()) else "failed"
-    summary = {"status": status, "mode": mode, "started": started, "wall_s": round(time.perf_counter() - t_all, 3),
+    summary = {"status": status, "mode": mode, "quick": quick, "started": started,
+               "wall_s": round(time.perf_counter() - t_all, 3),
                "environment": env, "environment_problems": problems, "parts": parts,
                "injected": os.environ.get(INJECT_ENV)}
     write_json_atomic(summary, os.path.join(a.out, "gpu_check.json"), indent=1, strict=False)
