@@ -115,13 +115,13 @@ def test_train_on_damaged_files_names_each_in_the_summary_and_strict_stops(damag
             "--no-progress", "--set", *ENGINE, *TRAIN]
     import perception.engine.trainer as trainer
 
-    real_sampler = trainer.ResumableSampler
+    real_make_sampler = trainer.make_sampler
 
-    def unshuffled(*a, **k):
-        k["shuffle"] = False
-        return real_sampler(*a, **k)
+    def unshuffled(plans, cfg, world_size=1, rank=0):  # the trainer's sampler factory, in index order
+        return trainer.ResumableSampler(len(plans), cfg.train.batch_size, world_size, rank, cfg.train.seed,
+                                        shuffle=False)
 
-    trainer.ResumableSampler = unshuffled
+    trainer.make_sampler = unshuffled
     try:
         assert _tool("train")(argv) == 0
         err = capsys.readouterr().err
@@ -136,7 +136,7 @@ def test_train_on_damaged_files_names_each_in_the_summary_and_strict_stops(damag
         line = _one_error_line(capsys.readouterr().err, "train: error:")
         assert rc == 2 and any(p in line for p in bad.values()) and "--strict" in line
     finally:
-        trainer.ResumableSampler = real_sampler
+        trainer.make_sampler = real_make_sampler
 
 
 def test_eval_on_damaged_files_reports_data_problems(damaged, tmp_path, capsys):
@@ -238,12 +238,12 @@ def _train_seeing_batches(root, work, monkeypatch, extra=()):
     exit code and, per collated batch, (sample tokens, timestamps, every LiDAR and radar value finite)."""
     import perception.engine.trainer as trainer
 
-    real_sampler, real_collate = trainer.ResumableSampler, trainer.collate_samples
+    real_collate = trainer.collate_samples
     seen = []
 
-    def unshuffled(*a, **k):
-        k["shuffle"] = False
-        return real_sampler(*a, **k)
+    def unshuffled(plans, cfg, world_size=1, rank=0):  # the trainer's sampler factory, in index order
+        return trainer.ResumableSampler(len(plans), cfg.train.batch_size, world_size, rank, cfg.train.seed,
+                                        shuffle=False)
 
     def collate(samples):
         out = real_collate(samples)
@@ -252,7 +252,7 @@ def _train_seeing_batches(root, work, monkeypatch, extra=()):
         seen.append((list(b.sample_tokens), list(b.timestamps), finite))
         return out
 
-    monkeypatch.setattr(trainer, "ResumableSampler", unshuffled)
+    monkeypatch.setattr(trainer, "make_sampler", unshuffled)
     monkeypatch.setattr(trainer, "collate_samples", collate)
     rc = _tool("train")([CONFIG, "--dataroot", root, "--version", VERSION, "--work-dir", work, "--max-steps", "2",
                          "--no-progress", "--set", *ENGINE, *TRAIN, *extra])
