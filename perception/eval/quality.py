@@ -11,7 +11,11 @@ every model, trained and evaluated with the project's own tools, and the product
    previous one (``PREVIOUS_CAMERA_RECIPE``) is trained on the same data, budget and seed, for the
    camera-only model (and fusion), with the camera depth metrics of each (AbsRel, RMSE, delta1 against
    the LiDAR, ``models.camera.depth``).
-4. Real data: fusion_tiny trained on the real keyframes of ``../shared/data/nuscenes-real`` and
+4. The detector recipe (issue 15): fusion_tiny as configured beside the recipe before issue 15
+   (``PREVIOUS_DETECTOR_RECIPE``: no BEV decoder, the LiDAR-frame z range, the car's own LiDAR returns
+   kept, ...) on the same data, budget and seed; it must win on NDS, and car headings must not flip
+   (car AOE < 0.5 rad). The table carries mAOE and mAVE beside mAP and NDS.
+5. Real data: fusion_tiny trained on the real keyframes of ``../shared/data/nuscenes-real`` and
    evaluated on them reaches car AP >= 0.5 (a check of every convention on real nuScenes). This is a
    fit of the very frames it is scored on, so it trains without augmentation or modality dropout.
 
@@ -89,8 +93,12 @@ def evaluate_once(config: str, checkpoint: str, dataroot: str, out: str, drop: O
 
 
 def _metrics(summary: Dict, depth: Optional[Dict] = None) -> Dict[str, float]:
+    tp, car = summary["tp_errors"], summary["label_tp_errors"]["car"]
     out = {"mAP": round(float(summary["mean_ap"]), 4), "NDS": round(float(summary["nd_score"]), 4),
-           "car_AP": round(float(summary["mean_dist_aps"]["car"]), 4)}
+           "car_AP": round(float(summary["mean_dist_aps"]["car"]), 4),
+           "mATE": round(float(tp["trans_err"]), 4), "mAOE": round(float(tp["orient_err"]), 4),
+           "mAVE": round(float(tp["vel_err"]), 4), "car_AOE": round(float(car["orient_err"]), 4),
+           "car_AVE": round(float(car["vel_err"]), 4)}
     if depth is not None:
         out["depth_abs_rel"] = round(float(depth["all"]["abs_rel"]), 4)
         out["depth_rmse"] = round(float(depth["all"]["rmse"]), 3)
@@ -112,8 +120,19 @@ def _depth_of(out: str) -> Optional[Dict]:
 # depth supervision and the camera-aware depth net (issue 14), trained side by side on the same data,
 # budget and seed, so the table shows what the change buys.
 PREVIOUS_CAMERA_RECIPE = ["model.camera.depth_loss_weight=0", "model.camera.camera_aware=false"]
+# The fusion_tiny recipe before issue 15 (z range in the LiDAR convention, the car's own LiDAR
+# returns kept, crops over the whole margin, no BEV decoder, loss weights 1, 3 x 3 peaks for every
+# class, attributes over all families), for the side-by-side "fusion_r14" row.
+PREVIOUS_DETECTOR_RECIPE = [
+    "grid.point_cloud_range=[-51.2, -51.2, -5.0, 51.2, 51.2, 3.0]", "grid.voxel_size=[0.4, 0.4, 8.0]",
+    "sync.lidar_remove_close=0", "train.augment.image_crop_jitter=[0.0, 1.0]",
+    "model.decoder.layers=[]", "model.decoder.strides=[]", "model.decoder.channels=[]",
+    "model.decoder.neck_channels=[]", "model.head.weight_offset=1.0", "model.head.weight_height=1.0",
+    "model.head.weight_size=1.0", "model.head.weight_yaw=1.0", "model.head.weight_velocity=0.2",
+    "model.head.peak_kernel=[3, 3, 3, 3, 3, 3, 3, 3, 3, 3]", "model.head.attributes_in_family=false"]
 SYNTHETIC_MODELS = {
     "fusion": ("fusion_tiny.yaml", []),
+    "fusion_r14": ("fusion_tiny.yaml", PREVIOUS_DETECTOR_RECIPE),
     "fusion_prev": ("fusion_tiny.yaml", PREVIOUS_CAMERA_RECIPE),
     "lidar_only": ("lidar_tiny.yaml", []),
     "camera_only": ("camera_tiny.yaml", []),
@@ -124,13 +143,17 @@ SYNTHETIC_EVALS = {
     "fusion": ("fusion", None, "all"),
     "fusion_no_camera": ("fusion", "camera", "LiDAR + radar"),
     "fusion_no_lidar": ("fusion", "lidar", "cameras + radar"),
+    "fusion_r14": ("fusion_r14", None, "all"),
+    "fusion_r14_no_camera": ("fusion_r14", "camera", "LiDAR + radar"),
     "fusion_prev": ("fusion_prev", None, "all"),
     "fusion_prev_no_camera": ("fusion_prev", "camera", "LiDAR + radar"),
     "lidar_only": ("lidar_only", None, "LiDAR"),
     "camera_only": ("camera_only", None, "cameras"),
     "camera_only_prev": ("camera_only_prev", None, "cameras"),
 }
-RECIPE = {"fusion_prev": "previous (no depth loss, plain depth net)",
+RECIPE = {"fusion_r14": "before issue 15 (no decoder, old z range, ...)",
+          "fusion_r14_no_camera": "before issue 15 (no decoder, old z range, ...)",
+          "fusion_prev": "previous (no depth loss, plain depth net)",
           "fusion_prev_no_camera": "previous (no depth loss, plain depth net)",
           "camera_only_prev": "previous (no depth loss, plain depth net)"}
 
@@ -173,10 +196,13 @@ def run_quality(synthetic_root: str, real_root: str, work: str, steps: int, real
             "no_lidar_keeps_80pct_camera_only_mAP": m["fusion_no_lidar"]["mAP"] >= 0.8 * m["camera_only"]["mAP"],
             # the cameras must earn their place: removing them has to cost the fusion model
             "fusion_beats_fusion_no_camera_NDS": m["fusion"]["NDS"] > m["fusion_no_camera"]["NDS"],
+            # issue 15: the detector recipe improves on the one before it, and headings are not flipped
+            "fusion_beats_fusion_r14_NDS": m["fusion"]["NDS"] > m["fusion_r14"]["NDS"],
+            "fusion_car_AOE_below_0.5": m["fusion"]["car_AOE"] < 0.5,
         }
         results["camera_contribution"] = {
             key: round(1.0 - m[f"{key}_no_camera"]["NDS"] / m[key]["NDS"], 4) if m[key]["NDS"] > 0 else None
-            for key in ("fusion", "fusion_prev")}
+            for key in ("fusion", "fusion_r14", "fusion_prev")}
     if not skip_real:
         print(f"[quality] real data: train fusion on the real keyframes ({real_steps} steps)", flush=True)
         # A fit of the 81 keyframes it is evaluated on, so no augmentation and no modality dropout:
@@ -209,15 +235,17 @@ def quality_markdown(results: Dict) -> str:
     m = results["models"]
     sensors = {k: v[2] for k, v in SYNTHETIC_EVALS.items()}
     sensors["real_fusion"] = "all (real keyframes)"
-    lines = ["| model | recipe | sensors at inference | mAP | NDS | car AP | depth AbsRel | depth RMSE (m) | "
-             "depth delta<1.25 |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| model | recipe | sensors at inference | mAP | NDS | car AP | mAOE | car AOE | mAVE | car AVE | "
+             "depth AbsRel | depth RMSE (m) | depth delta<1.25 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def dep(v, k, f):
         return f.format(v[k]) if k in v else "-"
 
     for key, v in m.items():
         lines.append(f"| {key} | {RECIPE.get(key, 'current')} | {sensors.get(key, '?')} | {v['mAP']:.4f} | "
-                     f"{v['NDS']:.4f} | {v['car_AP']:.4f} | {dep(v, 'depth_abs_rel', '{:.4f}')} | "
+                     f"{v['NDS']:.4f} | {v['car_AP']:.4f} | {dep(v, 'mAOE', '{:.3f}')} | {dep(v, 'car_AOE', '{:.3f}')} | "
+                     f"{dep(v, 'mAVE', '{:.3f}')} | {dep(v, 'car_AVE', '{:.3f}')} | {dep(v, 'depth_abs_rel', '{:.4f}')} | "
                      f"{dep(v, 'depth_rmse', '{:.3f}')} | {dep(v, 'depth_delta1', '{:.4f}')} |")
     contrib = results.get("camera_contribution")
     if contrib:
