@@ -292,7 +292,7 @@ def test_cbgs_training_resumes_bit_for_bit(tmp_path):
 
     root = str(tmp_path / "root")
     generate(root, preset("tiny", train_scenes=1, val_scenes=0, duration_s=2.0), seed=11)
-    slim_decoder = ["model.decoder.layers=[1, 1]", "model.decoder.channels=[16, 16]",
+    slim_decoder = ["model.decoder.layers=[1, 1]", "model.decoder.strides=[1, 2]", "model.decoder.channels=[16, 16]",
                     "model.decoder.neck_channels=[16, 16]"]
     common = ["--dataroot", root, "--no-progress", "--set", *ENGINE, *slim_decoder, "train.batch_size=2",
               "train.num_workers=0", "train.deterministic=true", "train.cbgs=true", "train.schedule=constant"]

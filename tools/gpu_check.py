@@ -80,7 +80,7 @@ QUICK_SET = [
     "model.lidar.backbone_channels=[16, 16]", "model.lidar.neck_channels=[16, 16]",
     "model.camera.image_size=[64, 160]", "model.camera.backbone_width=8", "model.camera.channels=8",
     "model.camera.depth_bins=[1.0, 33.0, 2.0]", "model.radar.pfn_channels=[8]", "model.radar.conv_channels=16",
-    "model.head.channels=16", "model.fusion.heads=2", "model.decoder.layers=[1, 1]",
+    "model.head.channels=16", "model.fusion.heads=2", "model.decoder.layers=[1, 1]", "model.decoder.strides=[1, 2]",
     "model.decoder.channels=[16, 16]", "model.decoder.neck_channels=[16, 16]", "data.cameras=[CAM_FRONT, CAM_BACK]",
 ]
 # Set by main for --quick in CPU mode; the part processes and the torchrun worker inherit it.
