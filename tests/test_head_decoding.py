@@ -8,18 +8,11 @@ from perception.models.build import build_model
 from perception.structures import ATTRIBUTES, CLASS_TO_ID, CLASSES
 
 from conftest import PROJECT
+from test_model import MICRO as MODEL_MICRO
 
-MICRO = [
-    "grid.point_cloud_range=[-25.6, -25.6, -3.0, 25.6, 25.6, 7.0]", "grid.voxel_size=[0.8, 0.8, 10.0]",
-    "model.bev_stride=1", "model.bev_channels=16", "model.lidar.pfn_channels=[16]",
-    "model.lidar.backbone_layers=[1, 1]", "model.lidar.backbone_strides=[1, 2]",
-    "model.lidar.backbone_channels=[16, 16]", "model.lidar.neck_channels=[16, 16]",
-    "model.camera.image_size=[64, 160]", "model.camera.backbone_width=8", "model.camera.channels=8",
-    "model.camera.depth_bins=[1.0, 33.0, 2.0]", "model.radar.pfn_channels=[8]", "model.radar.conv_channels=16",
-    "model.head.channels=16", "model.fusion.heads=2", "model.decoder.layers=[1, 1]", "model.decoder.strides=[1, 2]",
-    "model.decoder.channels=[16, 16]",
-    "model.decoder.neck_channels=[16, 16]",
-]
+# the model tests' micro model, with a small decoder (the tiny config has none)
+MICRO = MODEL_MICRO + ["model.decoder.layers=[1, 1]", "model.decoder.strides=[1, 2]",
+                       "model.decoder.channels=[16, 16]", "model.decoder.neck_channels=[16, 16]"]
 
 
 def _head(*extra):
