@@ -295,6 +295,11 @@ class HeadConfig:
     # Attributes are chosen among the class's own family (vehicle.*, pedestrian.*, cycle.*); false
     # is the recipe before issue 15 (argmax over all 8, an out-of-family winner dropped).
     attributes_in_family: bool = True
+    # A front/back bin per box (PointPillars' direction classifier, binary cross-entropy with
+    # weight_direction; SECOND uses 0.2): decoding turns the regressed yaw by 180 degrees where it
+    # disagrees with the bin. false: yaw from the (sin, cos) regression alone.
+    direction_classifier: bool = False
+    weight_direction: float = 0.2
 
 
 @dataclass

@@ -120,3 +120,57 @@ def test_decoder_keeps_the_fused_grid_and_is_optional():
 def test_decoder_and_peak_config_errors_name_the_field(bad, field):
     with pytest.raises(ConfigError, match=field):
         load_config(f"{PROJECT}/configs/fusion_tiny.yaml", MICRO + bad)
+
+
+# ------------------------------------------------------------------ direction classifier
+def test_direction_bin_turns_a_disagreeing_yaw_by_pi():
+    """The regressed yaw keeps its axis; the direction logit picks front or back along it."""
+    cfg, head = _head("model.head.direction_classifier=true")
+    H, W = cfg.bev_shape
+    preds = _empty_preds(head, H, W)
+    for p in preds:
+        p["direction"] = torch.zeros(1, 1, H, W)
+    yaws = {(10, 10): (0.3, 5.0), (10, 30): (0.3, -5.0), (30, 10): (2.9, 5.0), (30, 30): (-2.0, -5.0)}
+    t = head.task_class_ids.index([CLASS_TO_ID["car"]])
+    for (y, x), (yaw, logit) in yaws.items():
+        _put_peak(head, preds, "car", y, x, 3.0)
+        preds[t]["yaw"][0, :, y, x] = torch.tensor([np.sin(yaw), np.cos(yaw)])
+        preds[t]["direction"][0, 0, y, x] = logit
+    det = head.decode(preds, ["s"], [0])[0].boxes
+    assert len(det) == 4
+    got = {}
+    for b in det.boxes:
+        x = int((b[0] - cfg.grid.point_cloud_range[0]) / head.cell[0])
+        y = int((b[1] - cfg.grid.point_cloud_range[1]) / head.cell[1])
+        got[(y, x)] = b[6]
+    want = {(10, 10): 0.3, (10, 30): 0.3 - np.pi, (30, 10): 2.9 - np.pi, (30, 30): -2.0}  # already backward: kept
+    for k, v in want.items():
+        d = (got[k] - v + np.pi) % (2 * np.pi) - np.pi
+        assert abs(d) < 1e-5, (k, got[k], v)
+        assert (np.cos(got[k]) >= 0) == (yaws[k][1] > 0)  # the bin decides front or back
+
+
+def test_direction_loss_trains_the_bin_of_cos_yaw():
+    """A perfect bin costs ~0, the opposite bin costs a lot, and the term is weighted by its config."""
+    from perception.ops.center_targets import HeadTargets
+
+    cfg, head = _head("model.head.direction_classifier=true", "model.head.weight_direction=0.5")
+    H, W = cfg.bev_shape
+    t = head.task_class_ids.index([CLASS_TO_ID["car"]])
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 4.5, 1.9, 1.6, 0.2, 0.0, 0.0],
+                          [10.0, 5.0, 0.5, 4.5, 1.9, 1.6, np.pi - 0.2, 0.0, 0.0]], dtype=torch.float32)
+    tgt = head.targets([boxes], [torch.tensor([CLASS_TO_ID["car"]] * 2)], [torch.tensor([-1, -1])])
+    preds = _empty_preds(head, H, W)
+    for p in preds:
+        p["direction"] = torch.zeros(1, 1, H, W)
+    cells = tgt.indices[0, :2]
+    right = [p.copy() for p in preds]
+    right[t] = dict(preds[t], direction=torch.zeros(1, 1, H, W))
+    right[t]["direction"].view(-1)[cells] = torch.tensor([20.0, -20.0])
+    wrong = [p.copy() for p in preds]
+    wrong[t] = dict(preds[t], direction=torch.zeros(1, 1, H, W))
+    wrong[t]["direction"].view(-1)[cells] = torch.tensor([-20.0, 20.0])
+    lr, lw = head.loss(right, tgt)["direction"], head.loss(wrong, tgt)["direction"]
+    assert float(lr) < 1e-6
+    assert abs(float(lw) - 0.5 * 20.0) < 1e-3  # BCE of a -20 logit on a true bin, times the weight
+    assert "direction" not in _head()[1].loss(_empty_preds(_head()[1], H, W), tgt)

@@ -80,7 +80,7 @@ class OnnxRuntimeDetector:
             det = decode_outputs(self.torch_model, outputs, batch)
             if self.compare:
                 ref = self.torch_model(batch)
-                preds = outputs_to_preds(outputs, len(ref))
+                preds = outputs_to_preds(outputs, len(ref), self.torch_model.head.output_names)
                 diff = max(float((p[k] - r[k]).abs().max()) for p, r in zip(preds, ref) for k in r)
                 self.max_abs_diff = max(self.max_abs_diff, diff)
                 ref_det = self.torch_model.head.decode(ref, batch.sample_tokens, batch.timestamps)

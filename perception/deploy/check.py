@@ -58,7 +58,7 @@ def compare_batch(model, session, batch: Batch, name: str) -> BackendCase:
     names = [i.name for i in session.get_inputs()]
     out = session.run(None, {n: inputs[n].numpy() for n in names})
     t2 = time.perf_counter()
-    preds = outputs_to_preds(out, len(ref))
+    preds = outputs_to_preds(out, len(ref), model.head.output_names)
     diff = max(float((p[k] - r[k]).abs().max()) for p, r in zip(preds, ref) for k in r)
     det_t = model.head.decode(ref, batch.sample_tokens, batch.timestamps)[0]
     det_o = decode_outputs(model, out, batch)[0]

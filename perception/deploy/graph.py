@@ -54,7 +54,7 @@ def input_names(model) -> List[str]:
 
 
 def output_names(model) -> List[str]:
-    return [f"{name}_{t}" for t in range(len(model.head.tasks)) for name in HEAD_OUTPUTS]
+    return [f"{name}_{t}" for t in range(len(model.head.tasks)) for name in model.head.output_names]
 
 
 def pillar_features(pfn, voxels: torch.Tensor, num_points: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
@@ -135,7 +135,7 @@ class ExportableDetector(nn.Module):
         if m.decoder is not None:
             fused = m.decoder(fused)
         preds = m.head(fused, a["ego_velocity"])
-        return tuple(p[name] for p in preds for name in HEAD_OUTPUTS)
+        return tuple(p[name] for p in preds for name in m.head.output_names)
 
     def _camera(self, a: Dict[str, torch.Tensor]) -> torch.Tensor:
         """LiftSplatEncoder.forward on every camera slot (absent ones too: their frustum points are
@@ -217,16 +217,18 @@ def camera_inputs(cam, batch: Batch) -> "OrderedDict[str, torch.Tensor]":
     return out
 
 
-def outputs_to_preds(outputs: Sequence, num_tasks: int) -> List[Dict[str, torch.Tensor]]:
-    """Graph outputs (tensors or numpy arrays, ``output_names`` order) -> the head's per-task dicts."""
+def outputs_to_preds(outputs: Sequence, num_tasks: int,
+                     names: Sequence[str] = HEAD_OUTPUTS) -> List[Dict[str, torch.Tensor]]:
+    """Graph outputs (tensors or numpy arrays, ``output_names`` order) -> the head's per-task dicts.
+    names: the head's ``output_names`` (HEAD_OUTPUTS, plus 'direction' with a direction classifier)."""
     preds = []
     for t in range(num_tasks):
-        row = outputs[t * len(HEAD_OUTPUTS):(t + 1) * len(HEAD_OUTPUTS)]
-        preds.append({name: torch.as_tensor(v) for name, v in zip(HEAD_OUTPUTS, row)})
+        row = outputs[t * len(names):(t + 1) * len(names)]
+        preds.append({name: torch.as_tensor(v) for name, v in zip(names, row)})
     return preds
 
 
 def decode_outputs(model, outputs: Sequence, batch: Batch) -> List[Detections]:
     """The one post-processing of every backend: the head's decode on the graph's outputs."""
-    return model.head.decode(outputs_to_preds(outputs, len(model.head.tasks)), batch.sample_tokens,
-                             batch.timestamps)
+    return model.head.decode(outputs_to_preds(outputs, len(model.head.tasks), model.head.output_names),
+                             batch.sample_tokens, batch.timestamps)

@@ -47,7 +47,7 @@ from .distributed import (DistInfo, all_gather_objects, all_reduce_mean, barrier
 
 log = logging.getLogger(__name__)
 
-LOSS_KEYS = ("heatmap", "offset", "height", "size", "yaw", "velocity", "attribute", "depth", "total")
+LOSS_KEYS = ("heatmap", "offset", "height", "size", "yaw", "velocity", "attribute", "direction", "depth", "total")
 # Logged beside the losses (detached, rank 0's batch; present when the batch has depth targets).
 METRIC_KEYS = ("depth_abs_rel", "depth_rmse", "depth_delta1")
 

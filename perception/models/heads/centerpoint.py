@@ -49,6 +49,9 @@ class CenterHead(nn.Module):
     tasks: class-name groups; point_cloud_range: metres; cell_size: (dx, dy) metres of an output cell
     peak_kernel: per class (CLASSES order) the odd k of the k x k peak filter in decoding (1: none)
     attributes_in_family: decode each box's attribute among its class's own attributes only
+    direction_classifier: a direction-bin logit per cell (PointPillars / SECOND): whether the box
+        faces forward (cos yaw >= 0 in the ego frame), trained with binary cross-entropy; decoding
+        turns the regressed yaw by 180 degrees where the two disagree
     """
 
     def __init__(self, in_channels: int, channels: int, tasks: Sequence[Sequence[str]],
@@ -56,7 +59,7 @@ class CenterHead(nn.Module):
                  weights: Dict[str, float], min_radius: int = 2, gaussian_overlap: float = 0.1,
                  max_objects: int = 500, top_k: int = 500, score_threshold: float = 0.1,
                  nms_radius: Sequence[float] = (1.0,) * 10, peak_kernel: Sequence[int] = (3,) * 10,
-                 attributes_in_family: bool = False):
+                 attributes_in_family: bool = False, direction_classifier: bool = False):
         super().__init__()
         self.tasks = [list(t) for t in tasks]
         self.task_class_ids = [[CLASSES.index(c) for c in t] for t in self.tasks]
@@ -89,13 +92,25 @@ class CenterHead(nn.Module):
         self.velocity = nn.ModuleList(nn.Sequential(nn.Conv2d(channels + 2, channels, 1), nn.ReLU(inplace=True),
                                                     nn.Conv2d(channels, 2, 1)) for _ in self.tasks)
         self.attribute = nn.ModuleList(nn.Conv2d(channels, len(ATTRIBUTES), 1) for _ in self.tasks)
+        # Why a separate direction bin: L1 on (sin, cos) of a car seen as a symmetric box has its
+        # minimum anywhere between the two opposite headings, and the regression settles on the
+        # road's axis; a two-way classification of front against back is a sharper signal.
+        self.direction = nn.ModuleList(nn.Conv2d(channels, 1, 1) for _ in self.tasks) if direction_classifier \
+            else None
+
+    @property
+    def output_names(self) -> Tuple[str, ...]:
+        """The keys of each task's prediction dict, in a fixed order (the exported graph's outputs)."""
+        names = ("heatmap", "offset", "height", "size", "yaw", "velocity", "attribute")
+        return names + ("direction",) if self.direction is not None else names
 
     # ------------------------------------------------------------------ forward
     def forward(self, bev: torch.Tensor, ego_velocity: torch.Tensor) -> List[Dict[str, torch.Tensor]]:
         """bev: float[B, C, H, W]; ego_velocity: float[B, 3] ego frame m/s.
         Returns per task {'heatmap': [B, n, H, W] logits, 'offset' [B, 2, H, W], 'height' [B, 1, H, W],
         'size' [B, 3, H, W] (log l, w, h), 'yaw' [B, 2, H, W] (sin, cos), 'velocity' [B, 2, H, W] m/s,
-        'attribute' [B, 8, H, W] logits}."""
+        'attribute' [B, 8, H, W] logits, with a direction classifier 'direction' [B, 1, H, W] logit of
+        cos yaw >= 0}."""
         x = self.shared(bev)
         B, _, H, W = x.shape
         ego = ego_velocity[:, :2].to(x.dtype).view(B, 2, 1, 1).expand(B, 2, H, W)
@@ -105,6 +120,8 @@ class CenterHead(nn.Module):
             reg = self.regress[t](y)
             o = {"heatmap": self.heatmap[t](y), "attribute": self.attribute[t](y),
                  "velocity": self.velocity[t](torch.cat([y, ego], dim=1))}
+            if self.direction is not None:
+                o["direction"] = self.direction[t](y)
             start = 0
             for name, n in REG_TERMS:
                 if name == "velocity":
@@ -176,7 +193,8 @@ class CenterHead(nn.Module):
     def loss(self, preds: List[Dict[str, torch.Tensor]], tgt: HeadTargets) -> Dict[str, torch.Tensor]:
         """Weighted loss terms {'heatmap', 'offset', 'height', 'size', 'yaw', 'velocity', 'attribute'}
         (each already multiplied by its weight) and 'total'."""
-        terms = {name: 0.0 for name in ("heatmap", "offset", "height", "size", "yaw", "velocity", "attribute")}
+        names = ("heatmap", "offset", "height", "size", "yaw", "velocity", "attribute")
+        terms = {name: 0.0 for name in names + (("direction",) if self.direction is not None else ())}
         slices = {"offset": slice(0, 2), "height": slice(2, 3), "size": slice(3, 6), "yaw": slice(6, 8),
                   "velocity": slice(8, 10)}
         for t, p in enumerate(preds):
@@ -195,6 +213,11 @@ class CenterHead(nn.Module):
             ce = F.cross_entropy(logits.flatten(0, 1).float(), tgt.attributes.flatten().clamp(min=0),
                                  reduction="none")
             terms["attribute"] = terms["attribute"] + torch.where(am, ce, 0.0).sum() / am.sum().clamp(min=1)
+            if self.direction is not None:
+                logit = self._gather(p["direction"], tgt.indices)[..., 0].float()  # [B, K]
+                forward = (tgt.regression[..., 7] >= 0).float()  # cos yaw >= 0
+                bce = F.binary_cross_entropy_with_logits(logit, forward, reduction="none")
+                terms["direction"] = terms["direction"] + (bce * m).sum() / n
         ref = preds[0]["heatmap"]
         out = {}
         for name, v in terms.items():
@@ -230,6 +253,10 @@ class CenterHead(nn.Module):
             ys, xs = (cells // W).float(), (cells % W).float()
             g = lambda name: self._gather(p[name].float(), cells)  # [B, K, c]
             off, hgt, size, yaw, vel = g("offset"), g("height"), g("size"), g("yaw"), g("velocity")
+            heading = torch.atan2(yaw[..., 0], yaw[..., 1])
+            if self.direction is not None:  # turn by pi where the regression disagrees with the bin
+                flip = (g("direction")[..., 0] >= 0) != (yaw[..., 1] >= 0)
+                heading = torch.where(flip, torch.remainder(heading, 2 * math.pi) - math.pi, heading)
             labels = torch.tensor(self.task_class_ids[t], device=cls.device)[cls]
             # argmax among the class's own attributes; a class without any gets -1 (below)
             attr = g("attribute").masked_fill(~self.attr_allowed[labels], float("-inf")).argmax(-1)
@@ -237,7 +264,7 @@ class CenterHead(nn.Module):
             y = self.range[1] + (ys + off[..., 1]) * self.cell[1]
             dims = size.clamp(max=5.0).exp()  # log sizes beyond e^5 = 148 m are nonsense, not boxes
             boxes = torch.stack([x, y, hgt[..., 0], dims[..., 0], dims[..., 1], dims[..., 2],
-                                 torch.atan2(yaw[..., 0], yaw[..., 1]), vel[..., 0], vel[..., 1]], dim=-1)
+                                 heading, vel[..., 0], vel[..., 1]], dim=-1)
             for b in range(B):
                 keep = scores[b] >= self.score_threshold
                 rows = torch.cat([boxes[b][keep], scores[b][keep, None], labels[b][keep, None].float(),
@@ -284,7 +311,7 @@ def build_head(cfg) -> CenterHead:
     cell = [g.voxel_size[0] * m.bev_stride, g.voxel_size[1] * m.bev_stride]
     weights = {"heatmap": hc.weight_heatmap, "offset": hc.weight_offset, "height": hc.weight_height,
                "size": hc.weight_size, "yaw": hc.weight_yaw, "velocity": hc.weight_velocity,
-               "attribute": hc.weight_attribute}
+               "attribute": hc.weight_attribute, "direction": hc.weight_direction}
     return CenterHead(m.bev_channels, hc.channels, hc.tasks, g.point_cloud_range, cell, cfg.bev_shape, weights,
                       hc.min_radius, hc.gaussian_overlap, hc.max_objects, hc.top_k, hc.score_threshold,
-                      hc.nms_radius, hc.peak_kernel, hc.attributes_in_family)
+                      hc.nms_radius, hc.peak_kernel, hc.attributes_in_family, hc.direction_classifier)
