@@ -300,6 +300,10 @@ class HeadConfig:
     # disagrees with the bin. false: yaw from the (sin, cos) regression alone.
     direction_classifier: bool = False
     weight_direction: float = 0.2
+    # Decoding: a box of a moving class (vehicles, cycles, pedestrians) whose predicted speed is at
+    # least this (m/s) gets, of the two headings on its regressed axis, the one along its velocity.
+    # 0: off (the heading from the yaw regression and the direction bin alone).
+    heading_min_speed: float = 0.0
 
 
 @dataclass
@@ -364,6 +368,10 @@ class ModelConfig:
         if len(pk) != len(CLASSES) or any(k < 1 or k % 2 == 0 for k in pk):
             raise ConfigError(f"{where}: model.head.peak_kernel needs one odd kernel >= 1 per class "
                               f"({len(CLASSES)}, CLASSES order), got {pk}")
+        for name in ("heading_min_speed", "weight_direction"):
+            v = getattr(self.head, name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise ConfigError(f"{where}: model.head.{name} must be a finite number >= 0, got {v}")
         d = self.decoder
         lens = {name: len(getattr(d, name)) for name in ("layers", "strides", "channels", "neck_channels")}
         if len(set(lens.values())) != 1:

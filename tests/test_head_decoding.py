@@ -174,3 +174,43 @@ def test_direction_loss_trains_the_bin_of_cos_yaw():
     assert float(lr) < 1e-6
     assert abs(float(lw) - 0.5 * 20.0) < 1e-3  # BCE of a -20 logit on a true bin, times the weight
     assert "direction" not in _head()[1].loss(_empty_preds(_head()[1], H, W), tgt)
+
+
+def test_moving_boxes_face_along_their_velocity():
+    """heading_min_speed: a car or pedestrian at or above the speed takes the end of its regressed
+    axis that its velocity points to; a slower one, and a cone (which never drives), keep the yaw."""
+    cfg, head = _head("model.head.heading_min_speed=1.0")
+    H, W = cfg.bev_shape
+    preds = _empty_preds(head, H, W)
+    cases = {  # (y, x): (class, yaw, velocity, expected yaw)
+        (10, 10): ("car", 0.2, (-8.0, -1.0), 0.2 - np.pi),  # drives backwards along the axis: turned
+        (10, 30): ("car", 0.2, (8.0, 1.0), 0.2),  # agrees: kept
+        (30, 10): ("car", 0.2, (-0.5, 0.0), 0.2),  # below the speed: kept
+        (30, 30): ("pedestrian", 2.0, (0.9, -1.0), 2.0 - np.pi),  # 1.35 m/s walking the other way
+        (50, 50): ("traffic_cone", 1.0, (-3.0, -3.0), 1.0),  # cones do not move forward
+    }
+    for (y, x), (cls, yaw, v, _) in cases.items():
+        _put_peak(head, preds, cls, y, x, 3.0)
+        t = next(t for t, ids in enumerate(head.task_class_ids) if CLASS_TO_ID[cls] in ids)
+        preds[t]["yaw"][0, :, y, x] = torch.tensor([np.sin(yaw), np.cos(yaw)])
+        preds[t]["velocity"][0, :, y, x] = torch.tensor(v)
+    det = head.decode(preds, ["s"], [0])[0].boxes
+    assert len(det) == len(cases)
+    for b, label in zip(det.boxes, det.labels):
+        x = int((b[0] - cfg.grid.point_cloud_range[0]) / head.cell[0])
+        y = int((b[1] - cfg.grid.point_cloud_range[1]) / head.cell[1])
+        cls, _, _, want = cases[(y, x)]
+        assert CLASSES[label] == cls
+        assert abs((b[6] - want + np.pi) % (2 * np.pi) - np.pi) < 1e-5, (cls, b[6], want)
+    _, off = _head()
+    for b in off.decode(preds, ["s"], [0])[0].boxes.boxes:  # off by default: the regressed yaw
+        x = int((b[0] - cfg.grid.point_cloud_range[0]) / head.cell[0])
+        y = int((b[1] - cfg.grid.point_cloud_range[1]) / head.cell[1])
+        assert abs((b[6] - cases[(y, x)][1] + np.pi) % (2 * np.pi) - np.pi) < 1e-5
+
+
+@pytest.mark.parametrize("key,value", [("heading_min_speed", -1.0), ("weight_direction", -0.2),
+                                       ("heading_min_speed", float("nan"))])
+def test_heading_options_are_checked(key, value):
+    with pytest.raises(ConfigError, match=f"model.head.{key}"):
+        load_config(f"{PROJECT}/configs/fusion_tiny.yaml", [f"model.head.{key}={value}"])

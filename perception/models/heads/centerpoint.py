@@ -52,6 +52,9 @@ class CenterHead(nn.Module):
     direction_classifier: a direction-bin logit per cell (PointPillars / SECOND): whether the box
         faces forward (cos yaw >= 0 in the ego frame), trained with binary cross-entropy; decoding
         turns the regressed yaw by 180 degrees where the two disagree
+    heading_min_speed: m/s; a decoded box of a class that drives or walks (vehicles, cycles,
+        pedestrians) whose predicted speed reaches it faces along its velocity: of the two headings
+        on the regressed axis the one nearer the velocity's direction is kept (0: off)
     """
 
     def __init__(self, in_channels: int, channels: int, tasks: Sequence[Sequence[str]],
@@ -59,7 +62,8 @@ class CenterHead(nn.Module):
                  weights: Dict[str, float], min_radius: int = 2, gaussian_overlap: float = 0.1,
                  max_objects: int = 500, top_k: int = 500, score_threshold: float = 0.1,
                  nms_radius: Sequence[float] = (1.0,) * 10, peak_kernel: Sequence[int] = (3,) * 10,
-                 attributes_in_family: bool = False, direction_classifier: bool = False):
+                 attributes_in_family: bool = False, direction_classifier: bool = False,
+                 heading_min_speed: float = 0.0):
         super().__init__()
         self.tasks = [list(t) for t in tasks]
         self.task_class_ids = [[CLASSES.index(c) for c in t] for t in self.tasks]
@@ -78,6 +82,10 @@ class CenterHead(nn.Module):
         if not attributes_in_family:
             allowed = torch.ones_like(allowed)
         self.register_buffer("attr_allowed", allowed, persistent=False)
+        self.heading_min_speed = float(heading_min_speed)
+        # classes whose objects move forward (the devkit's vehicle, cycle and pedestrian families)
+        self.register_buffer("moves_forward", torch.tensor([_attribute_family(c) is not None for c in CLASSES]),
+                             persistent=False)
         self.shared = conv_norm_act(in_channels, channels)
         # Per task one hidden 3x3 conv, then 1x1 outputs: CenterPoint gives every output its own
         # 3x3 branch, which costs 7x the convolutions for a small gain.
@@ -258,6 +266,10 @@ class CenterHead(nn.Module):
                 flip = (g("direction")[..., 0] >= 0) != (yaw[..., 1] >= 0)
                 heading = torch.where(flip, torch.remainder(heading, 2 * math.pi) - math.pi, heading)
             labels = torch.tensor(self.task_class_ids[t], device=cls.device)[cls]
+            if self.heading_min_speed > 0:  # a moving car faces where it goes (reversing is rare)
+                moving = (vel.norm(dim=-1) >= self.heading_min_speed) & self.moves_forward[labels]
+                backward = (torch.cos(heading) * vel[..., 0] + torch.sin(heading) * vel[..., 1]) < 0
+                heading = torch.where(moving & backward, torch.remainder(heading, 2 * math.pi) - math.pi, heading)
             # argmax among the class's own attributes; a class without any gets -1 (below)
             attr = g("attribute").masked_fill(~self.attr_allowed[labels], float("-inf")).argmax(-1)
             x = self.range[0] + (xs + off[..., 0]) * self.cell[0]
@@ -291,18 +303,21 @@ class CenterHead(nn.Module):
         return out
 
 
+def _attribute_family(cls: str):
+    """The attribute prefix of a class ('vehicle.', 'pedestrian.', 'cycle.'), None for cones and barriers."""
+    if cls in ("car", "truck", "bus", "trailer", "construction_vehicle"):
+        return "vehicle."
+    if cls == "pedestrian":
+        return "pedestrian."
+    if cls in ("motorcycle", "bicycle"):
+        return "cycle."
+    return None
+
+
 def _attribute_fits(cls: str, attr_id: int) -> bool:
     """Whether an attribute belongs to a class family (the devkit rejects e.g. a moving cone)."""
-    if attr_id < 0:
-        return False
-    a = ATTRIBUTES[attr_id]
-    if cls in ("car", "truck", "bus", "trailer", "construction_vehicle"):
-        return a.startswith("vehicle.")
-    if cls == "pedestrian":
-        return a.startswith("pedestrian.")
-    if cls in ("motorcycle", "bicycle"):
-        return a.startswith("cycle.")
-    return False
+    family = _attribute_family(cls)
+    return attr_id >= 0 and family is not None and ATTRIBUTES[attr_id].startswith(family)
 
 
 def build_head(cfg) -> CenterHead:
@@ -314,4 +329,5 @@ def build_head(cfg) -> CenterHead:
                "attribute": hc.weight_attribute, "direction": hc.weight_direction}
     return CenterHead(m.bev_channels, hc.channels, hc.tasks, g.point_cloud_range, cell, cfg.bev_shape, weights,
                       hc.min_radius, hc.gaussian_overlap, hc.max_objects, hc.top_k, hc.score_threshold,
-                      hc.nms_radius, hc.peak_kernel, hc.attributes_in_family, hc.direction_classifier)
+                      hc.nms_radius, hc.peak_kernel, hc.attributes_in_family, hc.direction_classifier,
+                      hc.heading_min_speed)
