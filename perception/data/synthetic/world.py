@@ -344,8 +344,9 @@ def _add_agents(world: World, rng: np.random.Generator, duration_s: float) -> No
             attr = "cycle.with_rider" if cls == "motorcycle" else "vehicle.moving"
             if cls == "motorcycle":
                 size = (size[0], size[1], round(CLASS_SIZE["motorcycle"][2] * 1.1, 3))
-            add(cls, cat, attr, s, lane_l + rng.normal(0, 0.12), 0.0 if direction > 0 else np.pi,
-                sp * direction / abs(direction), size=size)
+            # facing the lane's direction (yaw_rel pi for the opposite lanes) and driving forward:
+            # the speed is along the agent's own heading, so it is positive in every lane
+            add(cls, cat, attr, s, lane_l + rng.normal(0, 0.12), 0.0 if direction > 0 else np.pi, sp, size=size)
             s += size[0] + float(rng.uniform(8, 45))
     # Cyclists in the bike lanes (one speed per direction).
     for side, direction in ((-1, 1), (1, -1)):
