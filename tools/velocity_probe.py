@@ -3,6 +3,7 @@
 
     python tools/velocity_probe.py inputs --dataroot DIR [--version V] [--config C] [--frames N]
     python tools/velocity_probe.py predictions --dataroot DIR --results OUT/results_nusc.json
+    python tools/velocity_probe.py headings --dataroot DIR [--results OUT/results_nusc.json]
 
 inputs: what the model receives about motion on N val frames (the config's frames): the velocity
 targets against the devkit's box_velocity; per ground-truth object with >= 15 LiDAR points in each
@@ -12,6 +13,10 @@ speed against the truth's.
 predictions: a results file's car detections (score >= 0.3) within 1 m of a ground-truth car: error
 against the truth, against the truth minus the ego velocity (a relative-velocity fault), against
 standing still; direction (cosine) and scale of the predicted velocities.
+headings: the ground truth's moving objects (> 1 m/s): how many move against their annotated heading
+(none should: this found the synthetic oncoming lanes driving backwards); with --results, the car
+detections (score >= 0.3) within 1 m of a ground-truth car: heading error, share turned by ~180 degrees,
+split by the car facing with or against the ego and by its attribute, and how many face along the ego.
 """
 import argparse
 import os
@@ -139,9 +144,67 @@ def predictions(root, version, results):
           f"median |pred| {np.median(np.hypot(*pr[k].T)):.2f} vs |GT| {np.median(sp[k]):.2f} m/s")
 
 
+def _wrap(a):
+    return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
+
+
+def headings(root, version, results):
+    import json
+
+    from nuscenes import NuScenes
+    from pyquaternion import Quaternion
+
+    nusc = NuScenes(version, root, verbose=False)
+    yaw_of = lambda q: Quaternion(q).yaw_pitch_roll[0]  # noqa: E731
+    back = {}
+    for ann in nusc.sample_annotation:
+        if not ann["category_name"].startswith(("vehicle.", "human.")):
+            continue
+        v = nusc.box_velocity(ann["token"])[:2]
+        if not np.isfinite(v).all() or np.hypot(*v) < 1.0:
+            continue
+        fam = ann["category_name"].split(".")[1]
+        n, b = back.get(fam, (0, 0))
+        back[fam] = (n + 1, b + int(np.cos(yaw_of(ann["rotation"]) - np.arctan2(v[1], v[0])) < 0))
+    print("ground truth, moving objects (> 1 m/s) against their heading: " +
+          ", ".join(f"{k} {b}/{n}" for k, (n, b) in sorted(back.items())))
+    if not results:
+        return
+    res = json.load(open(results))["results"]
+    stats, errs = {}, []
+    for tok, boxes in res.items():
+        s = nusc.get("sample", tok)
+        ego_yaw = yaw_of(nusc.get("ego_pose", nusc.get("sample_data", s["data"]["LIDAR_TOP"])["ego_pose_token"])["rotation"])
+        gts = [nusc.get("sample_annotation", a) for a in s["anns"]]
+        gts = [g for g in gts if g["category_name"].startswith("vehicle.car")]
+        if not gts:
+            continue
+        G = np.array([g["translation"][:2] for g in gts])
+        for b in boxes:
+            if b["detection_name"] != "car" or b["detection_score"] < 0.3:
+                continue
+            d = np.hypot(*(G - b["translation"][:2]).T)
+            j = int(d.argmin())
+            if d[j] >= 1.0:
+                continue
+            g = gts[j]
+            gy, py = yaw_of(g["rotation"]), yaw_of(b["rotation"])
+            err = abs(_wrap(py - gy))
+            errs.append(err)
+            attr = nusc.get("attribute", g["attribute_tokens"][0])["name"] if g["attribute_tokens"] else "-"
+            key = ("with ego" if abs(_wrap(gy - ego_yaw)) < np.pi / 2 else "against ego", attr)
+            n, f, a = stats.get(key, (0, 0, 0))
+            stats[key] = (n + 1, f + int(err > 2.8), a + int(abs(_wrap(py - ego_yaw)) < np.pi / 2))
+    e = np.array(errs)
+    print(f"{len(e)} car detections (score >= 0.3) within 1 m of a GT car: heading error mean {e.mean():.3f} rad, "
+          f"median {np.median(e):.3f}, turned by ~pi (> 2.8 rad) {np.mean(e > 2.8):.1%}")
+    for (facing, attr), (n, f, a) in sorted(stats.items()):
+        print(f"  GT {facing:11s} {attr:16s} n {n:4d}  turned {f / n:6.1%}  predicted facing with the ego {a / n:6.1%}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("what", choices=("inputs", "predictions"))
+    ap.add_argument("what", choices=("inputs", "predictions", "headings"))
     ap.add_argument("--dataroot", required=True)
     ap.add_argument("--version", default="v1.0-trainval")
     ap.add_argument("--config", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
@@ -151,6 +214,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.what == "inputs":
         inputs(a.dataroot, a.version, a.config, a.frames)
+    elif a.what == "headings":
+        headings(a.dataroot, a.version, a.results)
     else:
         if not a.results:
             ap.error("predictions needs --results")
