@@ -311,3 +311,107 @@ def test_cuda_kernels_on_gpu_tensors():
         assert_bit_identical([t.cpu() for t in out], ref)
         dyn = vx.dynamic_voxelize(torch.from_numpy(pts).cuda(), **grid)
         assert_bit_identical([dyn.cpu()], [vx.dynamic_voxelize_reference(pts, **grid)])
+
+
+# ----------------------------------------------------------------------------------------------
+# Batched hard voxelization: one call per batch equals one call per sample, stacked
+# ----------------------------------------------------------------------------------------------
+def batch_clouds(seed=0):
+    """Samples of the batch edge cases: an empty one, a single point, one over the voxel cap, NaN/inf."""
+    a = random_cloud(4000, seed=seed)
+    a[7, 0], a[8, 2] = np.nan, np.inf
+    return [a, random_cloud(0, seed=seed + 1), random_cloud(1, seed=seed + 2), random_cloud(9000, seed=seed + 3),
+            a[:50].copy()]
+
+
+@pytest.mark.parametrize("grid", [PILLARS, GRID3D], ids=["pillars", "grid3d"])
+def test_hard_voxelize_batch_equals_per_sample(grid, table_kind):
+    clouds = batch_clouds()
+    for P, V in [(8, 20_000), (3, 700), (1, 1)]:
+        per = [vx.hard_voxelize_reference(c, max_points_per_voxel=P, max_voxels=V, **grid) for c in clouds]
+        want = (np.concatenate([v for v, _, _ in per]),
+                np.concatenate([np.concatenate([np.full((len(c), 1), b, np.int32), c], 1)
+                                for b, (_, c, _) in enumerate(per)]),
+                np.concatenate([n for _, _, n in per]))
+        assert_bit_identical(vx.hard_voxelize_batch(clouds, max_points_per_voxel=P, max_voxels=V, **grid), want)
+        assert_bit_identical(vx.hard_voxelize_batch(clouds, max_points_per_voxel=P, max_voxels=V, impl="per_sample",
+                                                    **grid), want)
+        got = vx.hard_voxelize_batch([torch.from_numpy(c) for c in clouds], max_points_per_voxel=P, max_voxels=V,
+                                     **grid)
+        assert all(isinstance(t, torch.Tensor) for t in got)
+        assert_bit_identical(got, want)
+    one = vx.hard_voxelize_batch(clouds[:1], max_points_per_voxel=4, max_voxels=100, **grid)
+    assert_bit_identical(one[1:2], [np.concatenate([np.zeros((len(one[1]), 1), np.int32),
+                                                    vx.hard_voxelize(clouds[0], max_points_per_voxel=4, max_voxels=100,
+                                                                     **grid)[1]], 1)])
+    with pytest.raises(ValueError):
+        vx.hard_voxelize_batch([], max_points_per_voxel=4, max_voxels=100, **grid)
+
+
+def test_voxelize_batch_equals_per_sample_in_the_encoder():
+    from perception.models.lidar.pointpillars import voxelize_batch, voxelize_batch_per_sample
+
+    pts = [torch.from_numpy(c) for c in batch_clouds(seed=5)]
+    args = (PILLARS["voxel_size"], PILLARS["point_cloud_range"], 10, 3000)
+    got, want = voxelize_batch(pts, *args), voxelize_batch_per_sample(pts, *args)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and torch.equal(g, w)
+
+
+CUDA_BATCH_CHECK = textwrap.dedent("""
+    import numpy as np, sys
+    sys.path.insert(0, {tests!r})
+    from test_ops_voxelize import random_cloud, assert_bit_identical
+    from perception.ops import voxelize as vx
+    grids = [dict(voxel_size=[1.0, 1.0, 6.0], point_cloud_range=[-4, -4, -3, 4, 4, 3]),
+             dict(voxel_size=[0.5, 0.5, 0.5], point_cloud_range=[-3, -3, -2, 3, 3, 2])]
+    pts = random_cloud({n}, C=4, seed=11, lo=-5, hi=5, zlo=-3, zhi=3)
+    pts[3, 0] = np.nan; pts[4, 2] = np.inf
+    k = {n} // 2
+    clouds = [pts[:k], pts[:0], pts[k:k + 1], pts[k + 1:]]
+    for dense_max in (1 << 20, 0):  # dense table, then hash table
+        vx.DENSE_TABLE_MAX_CELLS = dense_max
+        for g, grid in enumerate(grids):
+            for P, V in [(3, 12), (2, 5)][:2 if dense_max else 1]:  # caps: both on the dense table (sim time)
+                want = vx.hard_voxelize_batch(clouds, max_points_per_voxel=P, max_voxels=V, impl="per_sample", **grid)
+                if g == 0 and P == 3:  # the public entry point once per table
+                    assert_bit_identical(vx.hard_voxelize_batch(clouds, max_points_per_voxel=P, max_voxels=V,
+                                                                impl="cuda", **grid), want)
+                # allocators: temporaries and outputs through the callables (the torch path's contract)
+                made = []
+                def alloc(shape, dtype):
+                    made.append(shape)
+                    return vx.cuda.device_array(shape, dtype)
+                outs = []
+                def out(shape, dtype):
+                    outs.append((shape, np.dtype(dtype).name))
+                    return vx.cuda.device_array(shape, dtype)
+                cat = np.concatenate(clouds)
+                starts = np.cumsum([0] + [len(c) for c in clouds])
+                got = vx.hard_voxelize_cuda_batch(cat, starts, max_points_per_voxel=P, max_voxels=V, alloc=alloc,
+                                                  out=out, **grid)
+                assert_bit_identical([g.copy_to_host() for g in got], want)
+                M = len(want[0])
+                assert outs == [((M, P, 4), "float32"), ((M, 4), "int32"), ((M,), "int32")], outs
+                assert len(made) >= 10
+    print("CUDA-BATCH-OK")
+""")
+
+
+def test_cuda_batch_kernels_under_simulator():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    code = CUDA_BATCH_CHECK.format(tests=os.path.dirname(os.path.abspath(__file__)), n=40)
+    res = subprocess.run([sys.executable, "-c", code], env=env, cwd=PROJECT, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0 and "CUDA-BATCH-OK" in res.stdout, res.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device; the simulator twin above runs instead")
+def test_cuda_batch_on_gpu_tensors():
+    clouds = [random_cloud(n, seed=20 + n) for n in (300_000, 0, 1, 120_000)]
+    for grid, P, V in [(PILLARS, 32, 40_000), (GRID3D, 10, 120_000)]:
+        want = vx.hard_voxelize_batch(clouds, max_points_per_voxel=P, max_voxels=V, impl="per_sample", **grid)
+        got = vx.hard_voxelize_batch([torch.from_numpy(c).cuda() for c in clouds], max_points_per_voxel=P,
+                                     max_voxels=V, **grid)
+        assert all(t.is_cuda for t in got)
+        assert_bit_identical([t.cpu() for t in got], want)

@@ -126,6 +126,26 @@ def _add(cases, name, impls, note=None, baseline="reference", **extra):
     cases[name] = entry
 
 
+def batch_voxelize_cases(cases: Dict[str, dict], rep_fast: int) -> None:
+    """Batched hard voxelization (one numba call for the batch, samples in parallel) vs one call per
+    sample, interleaved on the same clouds: B real-sized samples (a keyframe ~35k, 10 sweeps ~300k)."""
+    from perception.ops import voxelize as vx
+
+    cloud_big, _ = lidar_cloud(1_200_000)
+    for name, n, B, cfg in (("hard_batch4_pillars_35k", 35_000, 4, PILLARS),
+                            ("hard_batch4_pillars_300k", 300_000, 4, PILLARS),
+                            ("hard_batch4_grid3d_300k", 300_000, 4, GRID3D)):
+        clouds = [np.ascontiguousarray(cloud_big[b * n:(b + 1) * n]) for b in range(B)]
+        vx.hard_voxelize_batch(clouds, **cfg)  # compile / cache load outside the timing
+        per, bat = [], []
+        for _ in range(2):  # interleaved halves: a load change hits both
+            per.append(_time(lambda: vx.hard_voxelize_batch(clouds, impl="per_sample", **cfg), max(2, rep_fast // 2)))
+            bat.append(_time(lambda: vx.hard_voxelize_batch(clouds, **cfg), max(2, rep_fast // 2)))
+        pick = lambda ts: min(ts, key=lambda t: t["median_s"])  # noqa: E731
+        _add(cases, name, {"batched": pick(bat), "per_sample": pick(per)}, baseline="per_sample", batch=B,
+             points_per_sample=n)
+
+
 def run_ops_benchmark(json_out: Optional[str] = None, quick: bool = False) -> dict:
     """Runs every case, prints a table, writes JSON to json_out when given, returns the dict."""
     import numba
@@ -242,6 +262,8 @@ def run_ops_benchmark(json_out: Optional[str] = None, quick: bool = False) -> di
         "reference": _time(lambda: rotated_nms_bev_reference(boxes, scores, 0.2), max(1, rep_ref // 2))},
         kept=int(len(rotated_nms_bev(boxes, scores, 0.2))))
 
+    batch_voxelize_cases(cases, rep_fast)
+
     result = {"info": info, "cases": cases,
               "targets": {"hard_pillars_300k_numba_s_max": 0.0065,
                           "hard_pillars_1M_over_300k_max": 3.5,
@@ -289,6 +311,9 @@ def _print_table(result: dict, spconv_note: str) -> None:
                   f"{1e3 * c['bandwidth_floor_s']:.2f} ms, numba at {c['numba_over_floor']:.2f}x the floor")
         if "numba_over_spconv" in c:
             print(f"{'':40s} numba / spconv = {c['numba_over_spconv']:.2f}")
+        if "ratios_vs_per_sample" in c:
+            print(f"{'':40s} batched / per-sample = {c['ratios_vs_per_sample']['batched']:.3f} "
+                  f"(batch {c['batch']} x {c['points_per_sample']} points)")
         if "geometry_precompute" in c:
             print(f"{'':40s} geometry precompute (once per geometry) "
                   f"{1e3 * c['geometry_precompute']['median_s']:.2f} ms")
@@ -298,7 +323,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default=None, help="write the results as JSON here")
     ap.add_argument("--quick", action="store_true", help="few repeats (smoke run)")
+    ap.add_argument("--batch-only", action="store_true", help="only batched vs per-sample hard voxelization")
     args = ap.parse_args(argv)
+    if args.batch_only:
+        cases: Dict[str, dict] = {}
+        batch_voxelize_cases(cases, 5 if args.quick else 20)
+        for name, c in cases.items():
+            print(f"{name:28s} batched {1e3 * c['impls']['batched']['median_s']:8.2f} ms  per-sample "
+                  f"{1e3 * c['impls']['per_sample']['median_s']:8.2f} ms  batched / per-sample "
+                  f"{c['ratios_vs_per_sample']['batched']:.3f}  (load {os.getloadavg()[0]:.1f})")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(cases, f, indent=1)
+        return 0
     run_ops_benchmark(args.json, quick=args.quick)
     return 0
 

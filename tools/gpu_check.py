@@ -386,8 +386,39 @@ def part_kernels(rec: Recorder, args) -> None:
                 got = _inject("dynamic_voxelize", [got])
                 rec.check(f"dynamic_voxelize[{gname}] cuda (torch interop) == numba CPU", **_exact_detail(got, [want]))
 
+            def hard_batch(gname=gname, kw=kw):
+                # one call for a batch (batch index in the cell id, temporaries from torch's allocator on
+                # the GPU) against one numba CPU call per sample; an empty and a one-point sample included
+                parts = [cloud[: len(cloud) // 2], cloud[:0], cloud[5:6], cloud[len(cloud) // 2:]]
+                if not gpu:
+                    parts = [p[:12] for p in parts]  # simulator time
+                want = vx.hard_voxelize_batch(parts, impl="per_sample", **kw)
+                if gpu:  # CPU mode: tests/test_ops_voxelize.py covers it (its compile would cost the time limit)
+                    cpu = vx.hard_voxelize_batch(parts, **kw)
+                    rec.check(f"hard_voxelize_batch[{gname}] numba CPU == per-sample",
+                              compare_exact(cpu, want)["equal"])
+                if gpu:
+                    got = vx.hard_voxelize_batch([torch.from_numpy(p).cuda() for p in parts], **kw)
+                    on_dev = all(t.is_cuda for t in got)
+                else:
+                    with _simulator_torch_shim():
+                        got = vx.hard_voxelize_batch([torch.from_numpy(p) for p in parts], impl="cuda", **kw)
+                    on_dev = all(isinstance(t, torch.Tensor) for t in got)
+                got = _inject("hard_voxelize", list(got))
+                rec.check(f"hard_voxelize_batch[{gname}] cuda (torch allocator, one host read) == per-sample",
+                          on_dev and compare_exact(got, want)["equal"], on_device=on_dev,
+                          **{k: v for k, v in _exact_detail(got, want).items() if k != "ok"})
+                if gpu:
+                    pts = [torch.from_numpy(p).cuda() for p in parts]
+                    timings[f"hard_voxelize_batch[{gname}]"] = {
+                        "batched_cuda": _median_time(lambda: vx.hard_voxelize_batch(pts, **kw), 10, sync),
+                        "per_sample_cuda": _median_time(lambda: vx.hard_voxelize_batch(pts, impl="per_sample", **kw),
+                                                        10, sync)}
+
             rec.attempt(f"hard_voxelize[{gname}]", hard)
             rec.attempt(f"hard_voxelize_torch[{gname}]", hard_torch)
+            if gpu or gname == "pillars_dense":  # CPU mode: the simulator on one grid (time limit)
+                rec.attempt(f"hard_voxelize_batch[{gname}]", hard_batch)
             rec.attempt(f"dynamic_voxelize[{gname}]", dynamic)
             if gpu:
                 def time_it(gname=gname, kw=kw, grid=grid):

@@ -20,6 +20,14 @@ Implementations: ``*_reference`` (vectorized numpy, for reading and testing), a 
 ``__cuda_array_interface__``). ``hard_voxelize``/``dynamic_voxelize`` dispatch on the input's type
 and device; outputs follow the input (numpy in, numpy out; a tensor in, tensors on its device out).
 Every path is deterministic.
+
+``hard_voxelize_batch`` voxelizes B samples in one call: on the CPU the per-sample sequential pass
+runs for the samples in parallel (one numba call), on the GPU one kernel sequence numbers the cells
+``b * cells + cell`` (the sample index in the cell id), takes every temporary from the caller's
+allocator (torch's caching allocator for tensors: numba's frees synchronize the device) and reads
+one number back (the voxel count, to size the outputs). Its result is exactly the per-sample
+results stacked in sample order, each with its own numbering and max_voxels cap, coordinates
+(b, z, y, x).
 """
 from __future__ import annotations
 
@@ -367,6 +375,146 @@ def hard_voxelize_numba(points: np.ndarray, voxel_size, point_cloud_range,
     return voxels, coords, num
 
 
+# ----------------------------------------------------------------------------------------------
+# Batched hard voxelization (numba CPU): one call for B samples, each with its own voxel numbering and
+# max_voxels cap, outputs concatenated in sample order (= per-sample results stacked)
+# ----------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True)
+def _assign_dense_batch(ids, starts, vstarts, tables, P, V, dest, voxel_slot, counts, ms):
+    """_assign_dense of every sample b on points [starts[b], starts[b+1]) with table row b; samples
+    are independent, so they run in parallel with the very sequential pass of the per-sample path."""
+    for b in prange(starts.shape[0] - 1):
+        s, e = starts[b], starts[b + 1]
+        ms[b] = _assign_dense(ids[s:e], tables[b], P, V, dest[s:e], voxel_slot[vstarts[b]:vstarts[b + 1]],
+                              counts[vstarts[b]:vstarts[b + 1]])
+
+
+@njit(parallel=True, cache=True)
+def _assign_hash_batch(ids, starts, vstarts, tables, mask, P, V, dest, voxel_slot, counts, ms):
+    for b in prange(starts.shape[0] - 1):
+        s, e = starts[b], starts[b + 1]
+        ms[b] = _assign_hash(ids[s:e], tables[b], mask, P, V, dest[s:e], voxel_slot[vstarts[b]:vstarts[b + 1]],
+                             counts[vstarts[b]:vstarts[b + 1]])
+
+
+@njit(cache=True)
+def _batch_layout(ms, vstarts, counts, ooff, vsample, num):
+    """ooff[b] = first output voxel of sample b (exclusive sum of ms); vsample[v] = sample of output
+    voxel v; num[v] = its point count (counts compacted from the per-sample regions)."""
+    acc = 0
+    for b in range(ms.shape[0]):
+        ooff[b] = acc
+        for j in range(ms[b]):
+            vsample[acc + j] = b
+            num[acc + j] = counts[vstarts[b] + j]
+        acc += ms[b]
+    ooff[ms.shape[0]] = acc
+
+
+@njit(parallel=True, cache=True)
+def _coords_dense_batch(tables, voxel_slot, vstarts, ooff, vsample, grid, coords):
+    """coords[v] = (b, z, y, x); resets the opened table entries."""
+    gx, gy = grid[0], grid[1]
+    for v in prange(vsample.shape[0]):
+        b = vsample[v]
+        c = voxel_slot[vstarts[b] + v - ooff[b]]
+        coords[v, 0] = b
+        coords[v, 3] = c % gx
+        coords[v, 2] = (c // gx) % gy
+        coords[v, 1] = c // (gx * gy)
+        tables[b, c] = -1
+
+
+@njit(parallel=True, cache=True)
+def _coords_hash_batch(tables, voxel_slot, vstarts, ooff, vsample, grid, coords):
+    gx, gy = grid[0], grid[1]
+    for v in prange(vsample.shape[0]):
+        b = vsample[v]
+        h = voxel_slot[vstarts[b] + v - ooff[b]]
+        c = tables[b, h] >> 32
+        coords[v, 0] = b
+        coords[v, 3] = c % gx
+        coords[v, 2] = (c // gx) % gy
+        coords[v, 1] = c // (gx * gy)
+        tables[b, h] = -1
+
+
+@njit(parallel=True, cache=True)
+def _fill_batch(points, starts, dest, ooff, num, P, voxels):
+    """_fill_cpu over the batch: a point's row is its sample's first output row + its local dest."""
+    C = points.shape[1]
+    M = num.shape[0]
+    flat = voxels.reshape(M * P, C)
+    for v in prange(M):
+        for r in range(v * P + num[v], (v + 1) * P):
+            for k in range(C):
+                flat[r, k] = 0
+    for b in range(starts.shape[0] - 1):
+        base = ooff[b] * P
+        for i in prange(starts[b], starts[b + 1]):
+            d = dest[i]
+            if d >= 0:
+                for k in range(C):
+                    flat[base + d, k] = points[i, k]
+
+
+def hard_voxelize_numba_batch(points: np.ndarray, starts: np.ndarray, voxel_size, point_cloud_range,
+                              max_points_per_voxel: int, max_voxels: int, out=None):
+    """numba CPU path of hard_voxelize_batch: points float32[N, C] of B samples one after another,
+    sample b in rows [starts[b], starts[b + 1]) (starts int64[B + 1], starts[0] = 0, starts[B] = N).
+
+    Returns (voxels float32[M, P, C], coords int32[M, 4] (b, z, y, x), num_points int32[M]) equal to
+    hard_voxelize of every sample (its own numbering and max_voxels cap), stacked in sample order,
+    with the sample index prepended to the coordinates. out: as for hard_voxelize_numba.
+    """
+    points = _check_points(np.asarray(points))
+    starts = _check_starts(starts, points.shape[0])
+    P, V = _check_caps(max_points_per_voxel, max_voxels)
+    lo, vs, grid = voxel_grid(voxel_size, point_cloud_range)
+    alloc = out or (lambda shape, dtype: np.empty(shape, dtype))
+    N, C = points.shape
+    B = len(starts) - 1
+    cells = int(np.prod(grid))
+    ids = _cell_ids_cpu(points, lo, vs, grid)
+    # per-sample regions of voxel_slot / counts: min(V, n_b) each, as the per-sample path sizes them
+    caps = np.minimum(V, np.diff(starts))
+    vstarts = np.zeros(B + 1, np.int64)
+    np.cumsum(caps, out=vstarts[1:])
+    total_cap = int(vstarts[-1])
+    dest = np.empty(N, np.int32 if int(caps.max(initial=0)) * P < 2**31 else np.int64)
+    voxel_slot = np.empty(total_cap, np.int64)
+    counts = np.zeros(total_cap, np.int32)
+    ms = np.zeros(B, np.int64)
+    dense = cells <= DENSE_TABLE_MAX_CELLS
+    if dense:
+        key, size = "dense", (B, cells)
+        tables = _POOL.take(key, size)
+        _assign_dense_batch(ids, starts, vstarts, tables, P, V, dest, voxel_slot, counts, ms)
+    else:
+        # one table size for the batch (the largest sample's): the result does not depend on it
+        key, size = "hash", (B, _hash_size(int(np.diff(starts).max(initial=0)), cells))
+        tables = _POOL.take(key, size)
+        _assign_hash_batch(ids, starts, vstarts, tables, size[1] - 1, P, V, dest, voxel_slot, counts, ms)
+    M = int(ms.sum())
+    ooff = np.empty(B + 1, np.int64)
+    vsample = np.empty(M, np.int32)
+    num = alloc((M,), np.int32)
+    _batch_layout(ms, vstarts, counts, ooff, vsample, num)
+    voxels = alloc((M, P, C), np.float32)
+    coords = alloc((M, 4), np.int32)
+    (_coords_dense_batch if dense else _coords_hash_batch)(tables, voxel_slot, vstarts, ooff, vsample, grid, coords)
+    _POOL.give(key, size, tables)
+    _fill_batch(points, starts, dest, ooff, num, P, voxels)
+    return voxels, coords, num
+
+
+def _check_starts(starts, n: int) -> np.ndarray:
+    starts = np.ascontiguousarray(np.asarray(starts, np.int64).reshape(-1))
+    if len(starts) < 2 or starts[0] != 0 or starts[-1] != n or np.any(np.diff(starts) < 0):
+        raise ValueError(f"starts must be int[B + 1] rising from 0 to the number of points {n}, got {starts.tolist()}")
+    return starts
+
+
 def dynamic_voxelize_numba(points: np.ndarray, voxel_size, point_cloud_range) -> np.ndarray:
     """numba CPU path of dynamic_voxelize: coords int32[N, 3] (z, y, x), -1 rows out of range."""
     points = _check_points(np.asarray(points))
@@ -549,11 +697,70 @@ def _cuda_kernels():
                     voxels[v, s, k] = 0
             num[v] = take
 
+    # Batched path (hard_voxelize_cuda_batch): the sample index is part of the cell id, b * cells + cell.
+    @cuda.jit
+    def cell_ids_batch(points, starts, lx, ly, lz, vx, vy, vz, gx, gy, gz, ids):
+        i = cuda.grid(1)
+        if i < points.shape[0]:
+            # the sample of point i: the largest b with starts[b] <= i (empty samples repeat a start)
+            lo_b = 0
+            hi_b = starts.shape[0] - 1
+            while hi_b - lo_b > 1:
+                mid = (lo_b + hi_b) // 2
+                if starts[mid] <= i:
+                    lo_b = mid
+                else:
+                    hi_b = mid
+            qx = (points[i, 0] - lx) / vx
+            qy = (points[i, 1] - ly) / vy
+            qz = (points[i, 2] - lz) / vz
+            if (qx >= 0 and qx < np.float32(gx) and qy >= 0 and qy < np.float32(gy)
+                    and qz >= 0 and qz < np.float32(gz)):
+                ids[i] = ((lo_b * gz + np.int64(qz)) * gy + np.int64(qy)) * gx + np.int64(qx)
+            else:
+                ids[i] = -1
+
+    @cuda.jit
+    def batch_offsets(starts, flags, rank, V, sfirst, ooff, total):
+        # one thread: per sample its first voxel rank, the first output voxel (caps applied), the total
+        if cuda.grid(1) == 0:
+            acc = 0
+            for b in range(starts.shape[0] - 1):
+                s = starts[b]
+                e = starts[b + 1]
+                n = 0
+                if e > s:
+                    n = rank[e - 1] + flags[e - 1] - rank[s]
+                    sfirst[b] = rank[s]
+                else:
+                    sfirst[b] = 0
+                ooff[b] = acc
+                acc += min(n, V)
+            ooff[starts.shape[0] - 1] = acc
+            total[0] = acc
+
+    @cuda.jit
+    def open_voxels_batch(ids, tslot, flags, rank, V, cells, gx, gy, sfirst, ooff, voxel_of_slot, coords):
+        i = cuda.grid(1)
+        if i < ids.shape[0] and flags[i] == 1:
+            g = ids[i]
+            b = g // cells
+            local = rank[i] - sfirst[b]
+            if local < V:
+                v = ooff[b] + local
+                c = g - b * cells
+                voxel_of_slot[tslot[i]] = v
+                coords[v, 0] = b
+                coords[v, 3] = c % gx
+                coords[v, 2] = (c // gx) % gy
+                coords[v, 1] = c // (gx * gy)
+
     return dict(cell_ids=cell_ids, dynamic=dynamic, fill_i32=fill_i32, fill_i64=fill_i64,
                 first_dense=first_dense, first_hash=first_hash, first_flags=first_flags,
                 chunk_sums=chunk_sums, scan_sums=scan_sums, chunk_scan=chunk_scan,
                 open_voxels=open_voxels, count_points=count_points, bucket_points=bucket_points,
-                write_voxels=write_voxels)
+                write_voxels=write_voxels, cell_ids_batch=cell_ids_batch, batch_offsets=batch_offsets,
+                open_voxels_batch=open_voxels_batch)
 
 
 def _blocks(n: int) -> int:
@@ -642,6 +849,96 @@ def hard_voxelize_cuda(points, voxel_size, point_cloud_range, max_points_per_vox
     return voxels, coords, num
 
 
+def _cuda_scan_async(k, x, y, sums, stream) -> None:
+    """y = exclusive prefix sum of int32 device array x, no host read; sums: int64 device array of
+    T + 1 >= 2 entries (scratch; sums[T] ends as the total)."""
+    n = x.shape[0]
+    T = sums.shape[0] - 1
+    chunk = max(1, (n + T - 1) // T)
+    k["chunk_sums"][_blocks(T), _TPB, stream](x, chunk, sums)
+    k["scan_sums"][1, 1, stream](sums)
+    k["chunk_scan"][_blocks(T), _TPB, stream](x, chunk, sums, y)
+
+
+def hard_voxelize_cuda_batch(points, starts, voxel_size, point_cloud_range, max_points_per_voxel: int,
+                             max_voxels: int, alloc=None, out=None, starts_device=None, stream=0):
+    """numba.cuda path of hard_voxelize_batch: one kernel sequence for B samples.
+
+    points: device array float32[N, C] (anything with __cuda_array_interface__, or numpy, copied
+        over) of the samples one after another; starts: host int64[B + 1] sample boundaries
+    alloc: callable (shape, numpy dtype) -> device array for every temporary (the torch caller passes
+        torch's caching allocator); out: the same for the three outputs, called in the order voxels,
+        coords, num. Both default to numba's allocator.
+    starts_device: ``starts`` already on the device (the torch caller copies it without a sync)
+    Returns device arrays (voxels float32[M, P, C], coords int32[M, 4] (b, z, y, x), num int32[M]),
+    equal to hard_voxelize_cuda of every sample stacked. The one host read is the voxel count M,
+    needed to size the outputs; every temporary is sized from N and B.
+    """
+    P, V = _check_caps(max_points_per_voxel, max_voxels)
+    lo, vs, grid = voxel_grid(voxel_size, point_cloud_range)
+    k = _cuda_kernels()
+    pts = _as_device(points, stream)
+    N, C = pts.shape
+    starts = _check_starts(starts, N)
+    B = len(starts) - 1
+    if alloc is None:
+        alloc = lambda shape, dtype: cuda.device_array(shape, dtype, stream=stream)  # noqa: E731
+    out = out or alloc
+    if N == 0:
+        return out((0, P, C), np.float32), out((0, 4), np.int32), out((0,), np.int32)
+    d_starts = starts_device if starts_device is not None else cuda.to_device(starts, stream=stream)
+    cells = int(np.prod(grid))
+    gx, gy, gz = (int(g) for g in grid)
+    ids = alloc((N,), np.int64)
+    tslot = alloc((N,), np.int64)
+    f32 = np.float32
+    k["cell_ids_batch"][_blocks(N), _TPB, stream](pts, d_starts, f32(lo[0]), f32(lo[1]), f32(lo[2]), f32(vs[0]),
+                                                  f32(vs[1]), f32(vs[2]), gx, gy, gz, ids)
+    if cells <= DENSE_TABLE_MAX_CELLS:  # the per-sample rule: a dense table of cells entries per sample
+        size = B * cells
+        first = alloc((size,), np.int32)
+        k["fill_i32"][_blocks(size), _TPB, stream](first, _INT32_MAX)
+        k["first_dense"][_blocks(N), _TPB, stream](ids, first, tslot)
+    else:
+        size = _hash_size(N, B * cells)
+        keys = alloc((size,), np.int64)
+        first = alloc((size,), np.int32)
+        k["fill_i64"][_blocks(size), _TPB, stream](keys, -1)
+        k["fill_i32"][_blocks(size), _TPB, stream](first, _INT32_MAX)
+        k["first_hash"][_blocks(N), _TPB, stream](ids, keys, first, size - 1, tslot)
+    flags = alloc((N,), np.int32)
+    rank = alloc((N,), np.int32)
+    k["first_flags"][_blocks(N), _TPB, stream](ids, tslot, first, flags)
+    sums = alloc((max(1, min(4096, N)) + 1,), np.int64)
+    _cuda_scan_async(k, flags, rank, sums, stream)
+    sfirst = alloc((B,), np.int32)
+    ooff = alloc((B + 1,), np.int32)
+    total = alloc((1,), np.int64)
+    k["batch_offsets"][1, 1, stream](d_starts, flags, rank, V, sfirst, ooff, total)
+    voxel_of_slot = first  # reuse: the first-index table is no longer needed
+    k["fill_i32"][_blocks(size), _TPB, stream](voxel_of_slot, -1)
+    m = int(total.copy_to_host(stream=stream)[0])  # the one host read: the outputs' size
+    voxels = out((m, P, C), np.float32)
+    coords = out((m, 4), np.int32)
+    num = out((m,), np.int32)
+    if m == 0:
+        return voxels, coords, num
+    k["open_voxels_batch"][_blocks(N), _TPB, stream](ids, tslot, flags, rank, V, cells, gx, gy, sfirst, ooff,
+                                                     voxel_of_slot, coords)
+    counts = alloc((m,), np.int32)
+    fill = alloc((m,), np.int32)
+    k["fill_i32"][_blocks(m), _TPB, stream](counts, 0)
+    k["fill_i32"][_blocks(m), _TPB, stream](fill, 0)
+    pvox = flags  # reuse
+    k["count_points"][_blocks(N), _TPB, stream](ids, tslot, voxel_of_slot, pvox, counts)
+    offsets = alloc((m,), np.int32)
+    _cuda_scan_async(k, counts, offsets, alloc((max(1, min(4096, m)) + 1,), np.int64), stream)
+    bucket = alloc((N,), np.int32)  # >= the points kept (no host read of their count)
+    k["bucket_points"][_blocks(N), _TPB, stream](pvox, offsets, fill, bucket)
+    k["write_voxels"][_blocks(m), _TPB, stream](pts, bucket, offsets, counts, P, voxels, num)
+    return voxels, coords, num
+
+
 def dynamic_voxelize_cuda(points, voxel_size, point_cloud_range, alloc=None, stream=0):
     """numba.cuda path of dynamic_voxelize; returns a device array coords int32[N, 3] (z, y, x)."""
     lo, vs, grid = voxel_grid(voxel_size, point_cloud_range)
@@ -710,6 +1007,80 @@ def hard_voxelize(points: ArrayLike, voxel_size: Sequence[float], point_cloud_ra
         return tuple(r.copy_to_host() for r in hard_voxelize_cuda(
             points, voxel_size, point_cloud_range, max_points_per_voxel, max_voxels))
     return hard_voxelize_numba(points, voxel_size, point_cloud_range, max_points_per_voxel, max_voxels)
+
+
+def _torch_cuda_batch(points: torch.Tensor, starts: np.ndarray, *args):
+    """hard_voxelize_cuda_batch on a CUDA tensor: every temporary and output from torch's caching
+    allocator on torch's current stream (its frees do not synchronize the device, numba's do), the
+    starts copied from pinned memory without a sync."""
+    points = points.detach().contiguous()
+    dev = points.device
+    outs = []
+
+    def alloc(shape, dtype):
+        t = torch.empty(shape, dtype=_TORCH_DTYPES_ALL[np.dtype(dtype)], device=dev)
+        return cuda.as_cuda_array(t) if t.numel() else cuda.device_array(shape, dtype)
+
+    def out(shape, dtype):
+        t = torch.empty(shape, dtype=_TORCH_DTYPES_ALL[np.dtype(dtype)], device=dev)
+        outs.append(t)
+        return cuda.as_cuda_array(t) if t.numel() else cuda.device_array(shape, dtype)
+
+    with torch.cuda.device(dev):
+        d_starts = torch.from_numpy(starts)
+        if dev.type == "cuda":  # (a CPU tensor only under gpu_check's simulator shim)
+            d_starts = d_starts.pin_memory().to(dev, non_blocking=True)
+        stream = cuda.external_stream(torch.cuda.current_stream().cuda_stream)
+        hard_voxelize_cuda_batch(cuda.as_cuda_array(points) if points.numel() else points.cpu().numpy(), starts,
+                                 *args, alloc=alloc, out=out,
+                                 starts_device=cuda.as_cuda_array(d_starts), stream=stream)
+    return tuple(outs)
+
+
+_TORCH_DTYPES_ALL = {np.dtype(np.float32): torch.float32, np.dtype(np.int32): torch.int32,
+                     np.dtype(np.int64): torch.int64}
+
+
+def hard_voxelize_batch(points: Sequence[ArrayLike], voxel_size: Sequence[float],
+                        point_cloud_range: Sequence[float], max_points_per_voxel: int, max_voxels: int,
+                        impl: str = "auto"):
+    """Hard voxelization of B samples in one call (one kernel sequence on the GPU).
+
+    points: B x float32[N_b, C] (x, y, z, ...) metres, numpy arrays or torch tensors (all on one device)
+    Returns voxels float32[M, P, C], coords int32[M, 4] (b, z, y, x), num_points int32[M]: exactly
+    ``hard_voxelize`` of each sample (own voxel numbering, own max_voxels cap) concatenated in sample
+    order, with the sample index prepended to the coordinates. Of the inputs' type and device.
+    impl: "auto" (by device), "numba", "cuda" or "per_sample" (the reference: one hard_voxelize call
+    per sample, by device).
+    """
+    points = list(points)
+    if not points:
+        raise ValueError("hard_voxelize_batch needs at least one sample")
+    args = (voxel_size, point_cloud_range, max_points_per_voxel, max_voxels)
+    starts = np.zeros(len(points) + 1, np.int64)
+    np.cumsum([p.shape[0] for p in points], out=starts[1:])
+    if impl == "per_sample":
+        outs = [hard_voxelize(p, *args) for p in points]
+        if isinstance(points[0], torch.Tensor):
+            coords = [torch.cat([torch.full_like(c[:, :1], b), c], 1) for b, (_, c, _) in enumerate(outs)]
+            return torch.cat([o[0] for o in outs]), torch.cat(coords), torch.cat([o[2] for o in outs])
+        coords = [np.concatenate([np.full((len(c), 1), b, np.int32), c], 1) for b, (_, c, _) in enumerate(outs)]
+        return np.concatenate([o[0] for o in outs]), np.concatenate(coords), np.concatenate([o[2] for o in outs])
+    if isinstance(points[0], torch.Tensor):
+        for p in points:
+            if p.dtype != torch.float32:
+                raise TypeError(f"points must be float32, got {p.dtype}")
+            if p.dim() != 2 or p.shape[1] < 3:
+                raise ValueError(f"points must be [N, C>=3] (x, y, z, ...), got shape {tuple(p.shape)}")
+        cat = torch.cat([p.detach() for p in points]) if len(points) > 1 else points[0].detach()
+        if impl == "cuda" or (impl == "auto" and cat.is_cuda):
+            return _torch_cuda_batch(cat, starts, *args)
+        res = hard_voxelize_numba_batch(cat.cpu().numpy(), starts, *args)
+        return tuple(torch.from_numpy(r).to(cat.device) for r in res)
+    cat = np.concatenate([np.asarray(p) for p in points]) if len(points) > 1 else np.asarray(points[0])
+    if impl == "cuda":
+        return tuple(r.copy_to_host() for r in hard_voxelize_cuda_batch(cat, starts, *args))
+    return hard_voxelize_numba_batch(cat, starts, *args)
 
 
 def dynamic_voxelize(points: ArrayLike, voxel_size: Sequence[float], point_cloud_range: Sequence[float],

@@ -11,7 +11,7 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import nn
 
-from ...ops.voxelize import hard_voxelize, scatter_pillars
+from ...ops.voxelize import hard_voxelize, hard_voxelize_batch, scatter_pillars
 from ..common import bev_norm, conv_norm_act, norm_with_running_stats
 
 
@@ -78,8 +78,17 @@ class PillarFeatureNet(nn.Module):
 
 def voxelize_batch(points: List[torch.Tensor], voxel_size: Sequence[float], point_cloud_range: Sequence[float],
                    max_points: int, max_voxels: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Hard-voxelize every sample; returns voxels float[M, P, C], num_points int[M], coords int64[M, 4]
-    (batch, z, y, x) over the whole batch."""
+    """Hard-voxelize every sample in one call (``hard_voxelize_batch``: one numba CPU call or one CUDA
+    kernel sequence for the batch); returns voxels float[M, P, C], num_points int64[M], coords int64[M, 4]
+    (batch, z, y, x) over the whole batch, equal to ``voxelize_batch_per_sample``."""
+    vox, coords, nums = hard_voxelize_batch(points, voxel_size, point_cloud_range, max_points, max_voxels)
+    return vox, nums.long(), coords.long()
+
+
+def voxelize_batch_per_sample(points: List[torch.Tensor], voxel_size: Sequence[float],
+                              point_cloud_range: Sequence[float], max_points: int,
+                              max_voxels: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The reference of ``voxelize_batch``: one ``hard_voxelize`` call per sample."""
     vox, nums, coords = [], [], []
     for b, pts in enumerate(points):
         v, c, n = hard_voxelize(pts.contiguous(), voxel_size, point_cloud_range, max_points, max_voxels)
