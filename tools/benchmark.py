@@ -6,6 +6,7 @@
     python tools/benchmark.py train --config C [--dataroot DIR --version V] [--json OUT]
     python tools/benchmark.py model --config C [--frames N] [--threads T] [--backend torch onnxruntime] [--json OUT]
     python tools/benchmark.py tracking [--objects N] [--frames N] [--json OUT]
+    python tools/benchmark.py eval-data [--dataroot DIR] [--workers W] [--samples N] [--json OUT]
 
 data: frames per second of building synchronized frames (10 LiDAR sweeps, 6 sweeps per radar) on
 one core, LiDAR+radar assembly alone and with the six images decoded. Without --dataroot it runs on
@@ -373,8 +374,29 @@ def main(argv=None) -> int:
     t.add_argument("--dataroot", help="default: a generated synthetic root")
     t.add_argument("--version", default="v1.0-trainval")
     t.add_argument("--json")
+    e = sub.add_parser("eval-data", help="evaluation data path: frame by frame in the main process vs the "
+                                         "DataLoader over the cached index; --robustness in one pass vs a pass per case")
+    e.add_argument("--config", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
+                                                    "fusion_tiny.yaml"))
+    e.add_argument("--set", action="append", default=["sync.lidar_sweeps=1", "sync.radar_sweeps=1"],
+                   help="config overrides (default: keyframe-only LiDAR and radar, as the real extract holds)")
+    e.add_argument("--dataroot", default=REAL_ROOT)
+    e.add_argument("--version", default="v1.0-trainval")
+    e.add_argument("--split", default="val")
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--samples", type=int, default=40, help="samples per pass (0: the whole split)")
+    e.add_argument("--robustness-samples", type=int, default=12)
+    e.add_argument("--batch-size", type=int, default=1)
+    e.add_argument("--json")
     args = ap.parse_args(argv)
-    if args.what == "train":
+    if args.what == "eval-data":
+        set_threads(1)  # the data path: one core per process
+        from perception.eval.data_benchmark import print_eval_data, run_eval_data_benchmark
+
+        res = run_eval_data_benchmark(os.path.abspath(args.config), args.set, args.dataroot, args.version, args.split,
+                                      args.workers, args.samples, args.robustness_samples, args.batch_size)
+        print_eval_data(res)
+    elif args.what == "train":
         set_threads(os.cpu_count() or 1)  # the trainer uses the machine; its loader workers take one each
         from perception.engine.benchmark import run_train_benchmark
 

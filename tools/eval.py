@@ -63,6 +63,14 @@ def main(argv=None) -> int:
                     help="also evaluate every sensor failure (each camera, each radar, all cameras, all radars, "
                          "lidar) and add the robustness table to the report")
     ap.add_argument("--batch-size", type=int, default=1, help="frames per detector call")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="data loader worker processes per rank (default 2; 0: in the main process)")
+    ap.add_argument("--cache-dir", default=None,
+                    help="where the split's index is cached (default: train.cache_dir, else OUT/../cache)")
+    ap.add_argument("--data-path", choices=("loader", "frames"), default="loader",
+                    help="loader: DataLoader over the cached index, each frame read once for all --robustness "
+                         "cases; frames: the reference path (frame by frame in the main process, every case "
+                         "re-read); same results")
     # several pairs after one --set, as tools/train.py takes them; --set may also repeat
     ap.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
     ap.add_argument("--strict", action="store_true", help="an unreadable sensor file is an error, not an absent sensor")
@@ -90,6 +98,8 @@ def main(argv=None) -> int:
         ap.error("CONFIG is required with --checkpoint and --oracle")
     if args.batch_size < 1:
         ap.error("--batch-size must be >= 1")
+    if args.workers is not None and args.workers < 0:
+        ap.error("--workers must be >= 0")
     if args.backend != "torch" and not args.checkpoint:
         ap.error("--backend onnxruntime needs --checkpoint")
     if (args.onnx or args.compare_torch) and args.backend == "torch":
@@ -137,15 +147,20 @@ def main(argv=None) -> int:
                 onnx_path = args.onnx or os.path.join(out, "model.onnx")
                 detector = build_backend_detector(cfg, args.checkpoint, args.backend, onnx_path, args.compare_torch)
                 mode_text = f"model, {args.backend} ({onnx_path})"
-            run = ev.evaluate_detector(detector, source, cfg, args.split, out, drop=args.drop,
-                                       batch_size=args.batch_size, render_curves=render, strict=args.strict)
+            from perception.eval.data import default_workers
+
+            data = dict(data_path=args.data_path,
+                        workers=default_workers() if args.workers is None else args.workers,
+                        cache_dir=args.cache_dir or cfg.train.cache_dir or os.path.join(os.path.dirname(out), "cache"))
             rows = None
-            if args.robustness:
-                rows = ev.run_robustness(detector, source, cfg, args.split, out,
-                                         baseline=run.summary if run is not None else None,
-                                         batch_size=args.batch_size, run_baseline=False)
-                if rows is None and run is not None:
-                    rows = []
+            if args.robustness:  # one pass over the data for the main run and every failure
+                res = ev.run_robustness(detector, source, cfg, args.split, out, batch_size=args.batch_size,
+                                        run_baseline=False, main=(out, [], render), strict=args.strict, **data)
+                run, rows = res if res is not None else (None, None)
+            else:
+                run = ev.evaluate_detector(detector, source, cfg, args.split, out, drop=args.drop,
+                                           batch_size=args.batch_size, render_curves=render, strict=args.strict,
+                                           **data)
             if run is None:  # not rank 0
                 return 0
             summary, results_path, meta, drop = run.summary, run.results_path, run.meta, run.drop

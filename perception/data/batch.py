@@ -85,9 +85,18 @@ def warp_image(image: np.ndarray, A: np.ndarray, out_hw: Sequence[int]) -> np.nd
     return out.astype(np.float32).transpose(2, 0, 1) / 255.0
 
 
-def frame_to_sample(frame: Frame, cfg: Config, image_aug: Optional[Sequence[np.ndarray]] = None) -> Sample:
+def frame_to_sample(frame: Frame, cfg: Config, image_aug: Optional[Sequence[np.ndarray]] = None,
+                    cache: Optional[dict] = None) -> Sample:
     """frame -> Sample. image_aug: per camera original->network matrices (training augmentation);
-    None uses the plain resize/crop."""
+    None uses the plain resize/crop.
+
+    cache: a dict shared by the calls for variants of one frame with sensors masked
+    (``perception.sync.synchronizer.mask_frame``, the robustness evaluation): each camera's warped
+    image and each (LiDAR present, camera mask) depth map is computed once and reused, the same
+    values as computed afresh. Only with ``image_aug`` None and frames that share their images and
+    points."""
+    if cache is not None and image_aug is not None:
+        raise ValueError("frame_to_sample: cache goes with the plain resize/crop (image_aug None)")
     Hn, Wn = cfg.model.camera.image_size
     cams = {c.channel: c for c in frame.cameras}
     N = len(cfg.data.cameras)
@@ -105,15 +114,28 @@ def frame_to_sample(frame: Frame, cfg: Config, image_aug: Optional[Sequence[np.n
         K[i], T[i] = cam.intrinsics, cam.T_ego_from_cam
         aug[i] = image_aug[i] if image_aug is not None else resize_crop_matrix(cam.width, cam.height, (Hn, Wn))
         if cam.present and cam.image is not None:
-            images[i] = (warp_image(cam.image, aug[i], (Hn, Wn)) - mean) / std
+            key = ("image", ch)
+            if cache is not None and key in cache:
+                images[i] = cache[key]
+            else:
+                images[i] = (warp_image(cam.image, aug[i], (Hn, Wn)) - mean) / std
+                if cache is not None:
+                    cache[key] = images[i].copy()
             cmask[i] = True
     lidar_ok = frame.status.get("LIDAR_TOP") is not None and frame.status["LIDAR_TOP"].present
     depth = None
     if cfg.model.use_camera:
         # Training signal (and eval metric) only: built from the reference sweep (time lag 0, no
         # motion-compensation smear of moving objects) with the very K, T and img_aug of the lift.
-        ref = frame.lidar_points[frame.lidar_points[:, 5] == 0] if lidar_ok else frame.lidar_points[:0]
-        depth = torch.from_numpy(depth_target_maps(ref, K, T, aug, cmask, (Hn, Wn), cfg.model.camera.feature_stride))
+        key = ("depth", lidar_ok, cmask.tobytes())
+        if cache is not None and key in cache:
+            depth = cache[key]
+        else:
+            ref = frame.lidar_points[frame.lidar_points[:, 5] == 0] if lidar_ok else frame.lidar_points[:0]
+            depth = torch.from_numpy(depth_target_maps(ref, K, T, aug, cmask, (Hn, Wn),
+                                                       cfg.model.camera.feature_stride))
+            if cache is not None:
+                cache[key] = depth
     lidar_points = frame.lidar_points
     if not cfg.model.use_lidar:
         # loaded for the depth targets only: the model without a LiDAR encoder never sees them

@@ -18,6 +18,11 @@ A plain callable ``frame -> Detections`` is accepted too (``as_detector``). A mo
 through ``ModelDetector`` (frames -> ``perception.data.batch.frame_to_sample`` -> ``collate``);
 ``build_detector(cfg, checkpoint)`` does that after ``load_checkpoint_into``.
 
+Data path (``perception.eval.data``): the split's plans come from the cached index (built once, as
+training's; ground truth and velocities included), a DataLoader's workers read, decode and prepare
+the frames, and ``--robustness`` reads each frame once and masks the sensors of each failure in
+memory. ``data_path="frames"`` keeps the reference: frame by frame in the main process.
+
 Distributed: when ``torch.distributed`` is initialized (torchrun), each rank runs the samples
 ``tokens[rank::world_size]`` and rank 0 gathers the detections (``gather_object``), writes the results
 and runs the devkit; the other ranks return ``None``. Without it everything runs in one process.
@@ -218,11 +223,162 @@ class InferenceOutput:
 _WARNED_Z_RANGE: set = set()  # z ranges already warned about in this process (run_inference)
 
 
+DATA_PATHS = ("loader", "frames")
+
+
 def run_inference(detector, source, cfg, sample_tokens: Sequence[str], drop: Iterable[str] = (),
                   batch_size: int = 1, load_images: Optional[bool] = None,
                   rank: Optional[int] = None, world_size: Optional[int] = None,
-                  strict: bool = False) -> Optional[InferenceOutput]:
+                  strict: bool = False, data_path: str = "loader", workers: int = 0,
+                  cache_dir: Optional[str] = None, split: Optional[str] = None) -> Optional[InferenceOutput]:
     """Run ``detector`` on the frame of every sample (this rank's shard of them).
+
+    source: NuScenesSource; cfg: Config (its sync and data sections build the frames)
+    drop: channels or 'lidar' / 'camera' / 'radar' removed at inference
+    load_images: decode camera images (default: ``detector.needs_images``, else ``cfg.sync.load_images``)
+    rank, world_size: default from torch.distributed when initialized, else 0 and 1
+    strict: an unreadable sensor file raises SensorFileError (else: that sensor absent, recorded)
+    data_path: "loader" (``run_inference_cases``: DataLoader over the plans, ``workers`` processes,
+        the split's cached index under ``cache_dir``) or "frames" (the reference: frame by frame in
+        this process, ``run_inference_frames``); both give the same detections
+    Returns everything on rank 0 (gathered), ``None`` on other ranks of a distributed run.
+    """
+    if data_path == "frames":
+        return run_inference_frames(detector, source, cfg, sample_tokens, drop, batch_size, load_images, rank,
+                                    world_size, strict)
+    out = run_inference_cases(detector, source, cfg, sample_tokens, [list(drop)], batch_size, load_images, rank,
+                              world_size, strict, workers=workers, cache_dir=cache_dir, split=split)
+    return None if out is None else out[0]
+
+
+def _gather(local, rank: int, world_size: int, dist_world: int):
+    """Rank 0: every rank's value (a list, rank order); other ranks None; without a group [local]."""
+    if world_size > 1 and dist_world > 1:
+        import torch.distributed as dist
+
+        gathered = [None] * world_size if rank == 0 else None
+        dist.gather_object(local, gathered, dst=0)
+        return gathered if rank == 0 else None
+    return [local]
+
+
+def run_inference_cases(detector, source, cfg, sample_tokens: Sequence[str], drops: Sequence[Sequence[str]],
+                        batch_size: int = 1, load_images: Optional[bool] = None, rank: Optional[int] = None,
+                        world_size: Optional[int] = None, strict: bool = False, workers: int = 0,
+                        cache_dir: Optional[str] = None, split: Optional[str] = None,
+                        plans: Optional[Sequence] = None) -> Optional[List[InferenceOutput]]:
+    """``run_inference`` for several sensor cases in one pass over the data (``perception.eval.data``):
+    each frame is read once and masked in memory for each case of ``drops`` (per case the channels or
+    modalities removed). Detections of each case are those ``run_inference_frames`` gives with that
+    drop, batch for batch (the same ``batch_size`` consecutive samples of the rank's shard).
+
+    workers: DataLoader worker processes (0: in this process)
+    cache_dir: where the split's index is cached (``build_index``; ground truth and velocities planned
+        once); None plans this rank's samples here. split: the split of ``sample_tokens`` (for the cache)
+    plans: the plans of ``sample_tokens`` when already at hand (benchmarks); else ``eval_plans``
+    Returns one InferenceOutput per case on rank 0 (gathered), None on the other ranks.
+    """
+    import torch
+
+    from ..data.io import SensorFileError
+    from . import data as evdata
+
+    detector = as_detector(detector)
+    dist_rank, dist_world = dist_rank_world()
+    rank = dist_rank if rank is None else rank
+    world_size = dist_world if world_size is None else world_size
+    if load_images is None:
+        load_images = getattr(detector, "needs_images", None)
+    if load_images is None:
+        load_images = cfg.sync.load_images
+    drops = [list(d) for d in drops]
+    mine = shard(list(sample_tokens), rank, world_size)
+    if plans is None:
+        plans = evdata.eval_plans(source, cfg, split, mine, cache_dir)
+    if len(plans) != len(mine):
+        raise EvalError(f"{len(plans)} plans for the {len(mine)} samples of this rank")
+    samples = hasattr(detector, "predict_samples")
+    dataset = evdata.EvalDataset(plans, cfg, drops, bool(load_images), samples=samples, strict=strict)
+    loader = evdata.make_loader(dataset, workers)
+    outs = [InferenceOutput(problems=FileProblems(strict=strict)) for _ in drops]
+    depth = [None] * len(drops)
+    pending: List[list] = [[] for _ in drops]
+    measures_depth = hasattr(detector, "reset_depth_stats")
+
+    def flush(c: int) -> None:
+        batch = pending[c]
+        if not batch:
+            return
+        if measures_depth:  # the detector accumulates into its depth_stats: one record per case
+            detector.depth_stats = depth[c]
+        with torch.no_grad():
+            if samples:
+                inputs = []
+                for item, case in batch:
+                    case.sample.images = evdata.case_images(item, case.sample)
+                    inputs.append(case.sample)
+                dets = detector.predict_samples(inputs)
+            else:
+                dets = detector.predict([case.frame for _, case in batch])
+        if measures_depth:
+            depth[c] = detector.depth_stats
+        if len(dets) != len(batch):
+            raise EvalError(f"detector returned {len(dets)} detections for a batch of {len(batch)} frames")
+        local = outs[c]
+        for (item, case), det in zip(batch, dets):
+            if det.sample_token and det.sample_token != item.sample_token:
+                raise EvalError(f"detector returned detections of sample {det.sample_token} for the frame of "
+                                f"sample {item.sample_token}")
+            local.detections[item.sample_token] = Detections(item.sample_token, item.timestamp, det.boxes)
+            local.T_global_from_ego[item.sample_token] = item.T_global_from_ego
+            for m in MODALITIES:
+                local.present[m] = local.present[m] or case.present[m]
+        batch.clear()
+
+    if measures_depth:
+        detector.reset_depth_stats()
+    gt_z = GtZRange(cfg.grid.point_cloud_range)
+    for item in evdata.iterate(loader):
+        if item.error is not None:
+            raise SensorFileError(item.error)
+        gt_z.add(item.gt)
+        for c, case in enumerate(item.cases):
+            # the run's record logs the first unreadable file of each channel (workers' records are quiet)
+            for ch, n in case.problems.items():
+                if n and not outs[c].problems[ch] and c == 0:
+                    log.warning("%s (further %s problems are counted and listed in the run's summary)",
+                                case.problems.examples[ch][0][1], ch)
+            outs[c].problems.merge(case.problems)
+            pending[c].append((item, case))
+            if len(pending[c]) >= batch_size:
+                flush(c)
+    for c in range(len(drops)):
+        flush(c)
+    key = tuple(gt_z.range)
+    if gt_z.outside and key not in _WARNED_Z_RANGE:
+        _WARNED_Z_RANGE.add(key)
+        gt_z.warn("ground-truth boxes evaluated" + (f" by rank {rank}" if world_size > 1 else ""), log)
+    for c in range(len(drops)):
+        outs[c].depth = depth[c] if measures_depth else getattr(detector, "depth_stats", None)
+
+    gathered = _gather(outs, rank, world_size, dist_world)
+    if gathered is None:
+        return None
+    if len(gathered) == 1:
+        return gathered[0]
+    merged = [InferenceOutput() for _ in drops]
+    for part in gathered:
+        for c in range(len(drops)):
+            merged[c].merge(part[c])
+    return merged
+
+
+def run_inference_frames(detector, source, cfg, sample_tokens: Sequence[str], drop: Iterable[str] = (),
+                         batch_size: int = 1, load_images: Optional[bool] = None,
+                         rank: Optional[int] = None, world_size: Optional[int] = None,
+                         strict: bool = False) -> Optional[InferenceOutput]:
+    """The reference data path of ``run_inference``: frames planned (devkit), read and prepared one by
+    one in this process.
 
     source: NuScenesSource; cfg: Config (its sync and data sections build the frames)
     drop: channels or 'lidar' / 'camera' / 'radar' removed at inference (``FrameBuilder.build``)
@@ -423,26 +579,53 @@ class EvalRun:
 
 def evaluate_detector(detector, source, cfg, split: str, out_dir: str, drop: Iterable[str] = (),
                       batch_size: int = 1, render_curves: bool = True,
-                      load_images: Optional[bool] = None, strict: bool = False) -> Optional[EvalRun]:
+                      load_images: Optional[bool] = None, strict: bool = False, data_path: str = "loader",
+                      workers: int = 0, cache_dir: Optional[str] = None) -> Optional[EvalRun]:
     """Inference over the split, export to ``out_dir/results_nusc.json`` and devkit evaluation.
 
+    data_path, workers, cache_dir: see ``run_inference``.
     Returns the run on rank 0, ``None`` on the other ranks of a distributed run.
     """
+    runs = evaluate_cases(detector, source, cfg, split, [(out_dir, list(drop), render_curves)], batch_size=batch_size,
+                          load_images=load_images, strict=strict, data_path=data_path, workers=workers,
+                          cache_dir=cache_dir)
+    return None if runs is None else runs[0]
+
+
+def evaluate_cases(detector, source, cfg, split: str, cases: Sequence[Tuple[str, List[str], bool]],
+                   batch_size: int = 1, load_images: Optional[bool] = None, strict: bool = False,
+                   data_path: str = "loader", workers: int = 0,
+                   cache_dir: Optional[str] = None) -> Optional[List[EvalRun]]:
+    """``evaluate_detector`` for several sensor cases, (out_dir, drop, render_curves) each. With the
+    loader every frame is read once for all of them (``run_inference_cases``); "frames" runs the
+    reference path case after case. Returns the runs on rank 0, None on the other ranks."""
+    if data_path not in DATA_PATHS:
+        raise EvalError(f"unknown data path {data_path!r} (valid: {', '.join(DATA_PATHS)})")
     detector = as_detector(detector)
-    drop = list(drop)
     tokens = split_sample_tokens(source.nusc, split)
-    inf = run_inference(detector, source, cfg, tokens, drop=drop, batch_size=batch_size, load_images=load_images,
-                        strict=strict)
-    if inf is None:
-        return None
-    meta = submission_meta(detector, inf.present)
-    path = export.write_results(os.path.join(out_dir, RESULTS_FILE), inf.detections, inf.T_global_from_ego,
-                                meta, sample_tokens=tokens)
-    summary = evaluate_results(source.nusc, path, split, out_dir, render_curves=render_curves)
-    depth = inf.depth.summary(cfg.data.cameras) if inf.depth is not None else None
-    if depth is not None:
-        export.write_json_atomic(depth, os.path.join(out_dir, DEPTH_FILE), indent=1)
-    return EvalRun(out_dir, path, summary, drop, meta, inf.problems, depth)
+    drops = [list(drop) for _, drop, _ in cases]
+    if data_path == "frames":
+        infs = [run_inference_frames(detector, source, cfg, tokens, drop=d, batch_size=batch_size,
+                                     load_images=load_images, strict=strict) for d in drops]
+        if any(i is None for i in infs):
+            return None
+    else:
+        infs = run_inference_cases(detector, source, cfg, tokens, drops, batch_size=batch_size,
+                                   load_images=load_images, strict=strict, workers=workers, cache_dir=cache_dir,
+                                   split=split)
+        if infs is None:
+            return None
+    runs = []
+    for (out_dir, drop, render_curves), inf in zip(cases, infs):
+        meta = submission_meta(detector, inf.present)
+        path = export.write_results(os.path.join(out_dir, RESULTS_FILE), inf.detections, inf.T_global_from_ego,
+                                    meta, sample_tokens=tokens)
+        summary = evaluate_results(source.nusc, path, split, out_dir, render_curves=render_curves)
+        depth = inf.depth.summary(cfg.data.cameras) if inf.depth is not None else None
+        if depth is not None:
+            export.write_json_atomic(depth, os.path.join(out_dir, DEPTH_FILE), indent=1)
+        runs.append(EvalRun(out_dir, path, summary, list(drop), meta, inf.problems, depth))
+    return runs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,35 +664,50 @@ def robustness_rows(baseline: dict, per_case: Dict[str, Tuple[List[str], dict]])
 
 def run_robustness(detector, source, cfg, split: str, out_dir: str, baseline: Optional[dict] = None,
                    cases: Optional[Dict[str, List[str]]] = None, batch_size: int = 1,
-                   load_images: Optional[bool] = None, run_baseline: Optional[bool] = None) -> Optional[List[dict]]:
+                   load_images: Optional[bool] = None, run_baseline: Optional[bool] = None,
+                   data_path: str = "loader", workers: int = 0, cache_dir: Optional[str] = None,
+                   main: Optional[Tuple[str, List[str], bool]] = None, strict: bool = False):
     """Evaluate the detector with each sensor failure of ``cases`` (default ``failure_cases()``).
 
     Each case writes its results and the devkit's metrics under ``out_dir/robustness/<case>/`` (no
     plots). ``baseline``: the all-sensors summary when already computed, else it is run too
     (``run_baseline``, default: when ``baseline`` is None; in a distributed run every rank must pass the
     same ``run_baseline``, since only rank 0 holds a summary).
+    main: (out_dir, drop, render_curves) of the main evaluation, run in the same pass and used as the
+    baseline (tools/eval.py); then the return value is (main EvalRun, rows).
+    With the loader (``data_path``) every frame is read once for all cases and masked in memory.
     Returns the table rows (``robustness_rows``) on rank 0, None elsewhere; also written to
     ``out_dir/robustness.json``.
     """
     cases = failure_cases() if cases is None else cases
     if run_baseline is None:
-        run_baseline = baseline is None
+        run_baseline = baseline is None and main is None
+    todo: List[Tuple[str, List[str], bool]] = []
+    if main is not None:
+        todo.append((main[0], list(main[1]), main[2]))
     if run_baseline:
-        run = evaluate_detector(detector, source, cfg, split, os.path.join(out_dir, "robustness", "all_sensors"),
-                                batch_size=batch_size, render_curves=False, load_images=load_images)
-        baseline = run.summary if run is not None else None
-    per_case: Dict[str, Tuple[List[str], dict]] = {}
+        todo.append((os.path.join(out_dir, "robustness", "all_sensors"), [], False))
     for name, drop in cases.items():
-        run = evaluate_detector(detector, source, cfg, split, os.path.join(out_dir, "robustness", _case_dir(name)),
-                                drop=drop, batch_size=batch_size, render_curves=False, load_images=load_images)
-        if run is not None:
-            per_case[name] = (drop, run.summary)
-            log.info("robustness %s: mAP %.4f NDS %.4f", name, run.summary["mean_ap"], run.summary["nd_score"])
-    if baseline is None:  # not rank 0
+        todo.append((os.path.join(out_dir, "robustness", _case_dir(name)), list(drop), False))
+    runs = evaluate_cases(detector, source, cfg, split, todo, batch_size=batch_size, load_images=load_images,
+                          strict=strict, data_path=data_path, workers=workers, cache_dir=cache_dir)
+    if runs is None:  # not rank 0
         return None
+    first = 0
+    main_run = None
+    if main is not None:
+        main_run, first = runs[0], 1
+        baseline = main_run.summary if baseline is None else baseline
+    if run_baseline:
+        baseline = runs[first].summary
+        first += 1
+    per_case: Dict[str, Tuple[List[str], dict]] = {}
+    for (name, drop), run in zip(cases.items(), runs[first:]):
+        per_case[name] = (drop, run.summary)
+        log.info("robustness %s: mAP %.4f NDS %.4f", name, run.summary["mean_ap"], run.summary["nd_score"])
     rows = robustness_rows(baseline, per_case)
     export.write_json_atomic(rows, os.path.join(out_dir, "robustness.json"), indent=1)
-    return rows
+    return (main_run, rows) if main is not None else rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -609,9 +807,15 @@ class ModelDetector:
         self.device = params[0].device if params else torch.device("cpu")
 
     def predict(self, frames: Sequence[Frame]) -> List[Detections]:
-        from ..data.batch import collate, frame_to_sample
+        from ..data.batch import frame_to_sample
 
-        batch = collate([frame_to_sample(f, self.cfg) for f in frames])
+        return self.predict_samples([frame_to_sample(f, self.cfg) for f in frames])
+
+    def predict_samples(self, samples: Sequence) -> List[Detections]:
+        """``predict`` from the frames' Samples (``frame_to_sample``, made in the loader workers)."""
+        from ..data.batch import collate
+
+        batch = collate(list(samples))
         if hasattr(batch, "to"):
             batch = batch.to(self.device)
         if not self.measures_depth or getattr(batch, "depth_targets", None) is None:

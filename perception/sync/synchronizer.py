@@ -358,11 +358,13 @@ def remove_close(points: np.ndarray, radius: float) -> np.ndarray:
 
 
 def assemble_frame(plan: FramePlan, drop: Iterable[str] = (), load_images: bool = True,
-                   missing: Optional[Counter] = None) -> Frame:
+                   missing: Optional[Counter] = None, radar_rows: Optional[Dict[str, int]] = None) -> Frame:
     """Read the planned files and build the motion-compensated Frame (no devkit needed).
 
     drop: channels (or 'lidar', 'camera', 'radar') treated as failed: absent, nothing read
     missing: counter of unreadable files per channel, updated in place
+    radar_rows: when given, filled with radar channel -> its rows in ``radar_points`` (the channels'
+        rows follow each other in ``plan.channels`` order), what ``mask_frame`` needs
     """
     from ..data import io
     from ..structures import modality_of
@@ -434,6 +436,8 @@ def assemble_frame(plan: FramePlan, drop: Iterable[str] = (), load_images: bool 
             out[:, 4:6] = rotate(r.T_ref_from_sensor, vel)[:, :2]
             out[:, 6] = (t_ref - r.timestamp) * 1e-6
             radar_parts.append(out)
+            if radar_rows is not None:
+                radar_rows[ch] = radar_rows.get(ch, 0) + len(out)
         status[ch] = SensorStatus(got > 0, cp.offset_us, cp.reads[0].token, len(cp.reads), n_missing,
                                   "" if got else f"files unreadable: {first_error}")
     radar_points = np.concatenate(radar_parts) if radar_parts else np.zeros((0, 7), np.float32)
@@ -465,3 +469,53 @@ def assemble_frame(plan: FramePlan, drop: Iterable[str] = (), load_images: bool 
                  lidar_token=plan.lidar_token, lidar_points=lidar_points, radar_points=radar_points,
                  cameras=cameras, T_global_from_ego=plan.T_global_from_ego, ego_velocity=plan.ego_velocity,
                  gt=plan.gt, status=status)
+
+
+def mask_frame(frame: Frame, plan: FramePlan, drop: Iterable[str], radar_rows: Dict[str, int]) -> Frame:
+    """The frame that ``assemble_frame(plan, drop)`` gives, made in memory from ``frame`` (assembled
+    from ``plan`` with a subset of ``drop``, ``radar_rows`` filled): the dropped channels' points,
+    images and status replaced as dropping at read time does, everything else shared (not copied).
+    The robustness evaluation builds every frame once and masks it for each sensor failure.
+    Unreadable-file records are not touched (the caller keeps those of the channels still present).
+    """
+    from ..structures import modality_of
+
+    drop = set(drop)
+    if not drop:
+        return frame
+
+    def dropped(ch: str) -> bool:
+        return ch in drop or modality_of(ch) in drop
+
+    status = dict(frame.status)  # same channel order: values are replaced in place
+    lidar_points = frame.lidar_points
+    if dropped(LIDAR_CHANNEL):
+        status[LIDAR_CHANNEL] = SensorStatus(False, 0, plan.lidar_token, 0, 0, "dropped")
+        lidar_points = np.zeros((0, 6), np.float32)
+    radar_points = frame.radar_points
+    keep, start, any_dropped = [], 0, False
+    for ch, cp in plan.channels.items():
+        if modality_of(ch) != "radar":
+            continue
+        n = radar_rows.get(ch, 0)
+        if dropped(ch):
+            status[ch] = SensorStatus(False, cp.offset_us, "", 0, 0, "dropped")
+            any_dropped = True
+        elif n:
+            keep.append(np.arange(start, start + n))
+        start += n
+    if start != len(frame.radar_points):
+        raise ValueError(f"radar_rows count {start} rows, the frame has {len(frame.radar_points)}")
+    if any_dropped:
+        radar_points = frame.radar_points[np.concatenate(keep)] if keep else np.zeros((0, 7), np.float32)
+    cameras = []
+    for cam in frame.cameras:
+        if dropped(cam.channel):
+            K, T, width, height = plan.cameras[cam.channel]
+            status[cam.channel] = SensorStatus(False, plan.channels[cam.channel].offset_us, "", 0, 0, "dropped")
+            cam = CameraImage(cam.channel, None, K, T, plan.timestamp, width, height, present=False)
+        cameras.append(cam)
+    return Frame(timestamp=frame.timestamp, scene_token=frame.scene_token, sample_token=frame.sample_token,
+                 lidar_token=frame.lidar_token, lidar_points=lidar_points, radar_points=radar_points,
+                 cameras=cameras, T_global_from_ego=frame.T_global_from_ego, ego_velocity=frame.ego_velocity,
+                 gt=frame.gt, status=status)
