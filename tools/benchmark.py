@@ -7,6 +7,12 @@
     python tools/benchmark.py model --config C [--frames N] [--threads T] [--backend torch onnxruntime] [--json OUT]
     python tools/benchmark.py tracking [--objects N] [--frames N] [--json OUT]
     python tools/benchmark.py eval-data [--dataroot DIR] [--workers W] [--samples N] [--json OUT]
+    python tools/benchmark.py index --dataroot ROOT [--config C] [--split S] [--variants list store mmap]
+        [--load samples|plans] [--workers 2] [--max-samples N] [--rebuild] [--json OUT]
+
+index: the training index at scale (perception.engine.index_benchmark): build time, then per variant
+(old list of plans, PlanStore, memory-mapped PlanStore) the RSS/PSS/USS of the main process and of
+each loader worker sampled across an epoch. ROOT: e.g. a tools/make_scale_root.py root.
 
 data: frames per second of building synchronized frames (10 LiDAR sweeps, 6 sweeps per radar) on
 one core, LiDAR+radar assembly alone and with the six images decoded. Without --dataroot it runs on
@@ -374,6 +380,24 @@ def main(argv=None) -> int:
     t.add_argument("--dataroot", help="default: a generated synthetic root")
     t.add_argument("--version", default="v1.0-trainval")
     t.add_argument("--json")
+    x = sub.add_parser("index", help="index build time and the memory of the trainer and its loader workers "
+                                     "over an epoch: list of plans vs PlanStore")
+    x.add_argument("--dataroot", required=True)
+    x.add_argument("--version", default="v1.0-trainval")
+    x.add_argument("--config", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
+                                                    "fusion_nuscenes.yaml"))
+    x.add_argument("--set", action="append", default=[])
+    x.add_argument("--split", default="train")
+    x.add_argument("--cache", help="index cache folder (default: DATAROOT/../cache)")
+    x.add_argument("--variants", nargs="+", default=["list", "store"], choices=("list", "store", "mmap"))
+    x.add_argument("--load", default="samples", choices=("samples", "plans"),
+                   help="samples: TrainDataset (files read, augmented, targets; no camera unless --set "
+                        "model.use_camera=true); plans: decode and walk each plan only")
+    x.add_argument("--workers", type=int, default=2)
+    x.add_argument("--max-samples", type=int, default=0, help="iterate only this many (0: the whole epoch)")
+    x.add_argument("--interval", type=float, default=1.0, help="seconds between memory samples")
+    x.add_argument("--rebuild", action="store_true", help="build the index again even when cached")
+    x.add_argument("--json")
     e = sub.add_parser("eval-data", help="evaluation data path: frame by frame in the main process vs the "
                                          "DataLoader over the cached index; --robustness in one pass vs a pass per case")
     e.add_argument("--config", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
@@ -396,6 +420,13 @@ def main(argv=None) -> int:
         res = run_eval_data_benchmark(os.path.abspath(args.config), args.set, args.dataroot, args.version, args.split,
                                       args.workers, args.samples, args.robustness_samples, args.batch_size)
         print_eval_data(res)
+    elif args.what == "index":
+        set_threads(1)  # the data path: one core per process
+        from perception.engine.index_benchmark import run_index_benchmark
+
+        res = run_index_benchmark(args.dataroot, os.path.abspath(args.config), args.set, args.version, args.split,
+                                  args.cache, args.variants, args.load, args.workers, args.max_samples,
+                                  args.interval, args.rebuild)
     elif args.what == "train":
         set_threads(os.cpu_count() or 1)  # the trainer uses the machine; its loader workers take one each
         from perception.engine.benchmark import run_train_benchmark

@@ -3,11 +3,15 @@ collation.
 
 Index: one ``FramePlan`` per annotated keyframe of the split's scenes (``FrameBuilder.plan``: which
 sweep files, their sensor -> reference-ego transforms, calibration, pose, ground truth). Building it
-needs the devkit once; the plans are pickled into ``<cache_dir>/index_<split>_<key>.pkl`` where the
-key hashes the absolute root, the version, the split, the config's ``grid``/``sync``/``data``
-sections and the size and mtime of ``sample_data.json``: a changed root or config builds a new
-index, nothing else ever does. Loader workers only call ``assemble_frame(plan)`` (no devkit, no
-tables in the workers' memory).
+needs the devkit once; the plans are streamed into ``<cache_dir>/index_<split>_<key>.plans``, a
+``PlanStore`` file (perception.engine.plan_store: each plan serialized into one blob, int64
+offsets), where the key hashes the absolute root, the version, the split, the config's
+``grid``/``sync``/``data`` sections and the size and mtime of ``sample_data.json``: a changed root or
+config builds a new index, nothing else ever does. ``build_index`` returns the ``PlanStore``, a
+Sequence of FramePlans decoded on access: the whole index is a few Python objects, so loader workers
+forked from the trainer share it without copying (a list of 28k plans was ~2.4 GB of small objects
+per process, copied into every worker page by page by reference counting, pytorch#13246). Loader
+workers only call ``assemble_frame(plan)`` (no devkit, no tables in the workers' memory).
 
 Splits: ``nuscenes.utils.splits.create_splits_scenes()``; the samples are the scenes of the split
 that the root holds (the shared real root has two val scenes; synthetic roots use official names).
@@ -18,7 +22,7 @@ import hashlib
 import json
 import logging
 import os
-import pickle
+import time
 from dataclasses import asdict
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -26,16 +30,17 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write
 from ..data.batch import Sample, collate, frame_to_sample
 from ..data.problems import FileProblems
 from ..ops.center_targets import center_target_builder
 from ..structures import Batch
 from .augment import augment_frame, sample_rng
+from .plan_store import PlanStore, write_store
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT = 1  # bump when FramePlan's layout changes: old caches are then rebuilt
+INDEX_FORMAT = 2  # bump when FramePlan's layout changes: old caches are then rebuilt (2: PlanStore files)
 
 
 class DataError(RuntimeError):
@@ -66,32 +71,74 @@ def index_key(dataroot: str, version: str, split: str, cfg: Config) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def build_index(dataroot: str, version: str, split: str, cfg: Config, cache_dir: Optional[str] = None,
-                source=None) -> List:
-    """FramePlans of every keyframe of the split's scenes present in the root (cached, see module doc).
+def index_path(dataroot: str, version: str, split: str, cfg: Config, cache_dir: str) -> str:
+    """The cache file of an index."""
+    return os.path.join(cache_dir, f"index_{split}_{index_key(dataroot, version, split, cfg)}.plans")
 
-    cache_dir: None builds without caching. source: an open NuScenesSource to reuse (tests).
+
+def build_index(dataroot: str, version: str, split: str, cfg: Config, cache_dir: Optional[str] = None,
+                source=None) -> PlanStore:
+    """FramePlans of every keyframe of the split's scenes present in the root, as a ``PlanStore``
+    (a Sequence of FramePlans; cached, see module doc).
+
+    cache_dir: None builds without caching (the store then holds its bytes in memory). source: an
+    open NuScenesSource to reuse (tests). A cache file that cannot be read is rebuilt with a warning.
     Raises DataError for a bad root, version or split, or a split with no scene in the root.
     """
-    from ..data.nuscenes_source import DataRootError, NuScenesSource
-    from ..sync.synchronizer import FrameBuilder
-
     if not os.path.isdir(dataroot):
         raise DataError(f"{dataroot}: data root not found")
     path = None
     if cache_dir:
-        path = os.path.join(cache_dir, f"index_{split}_{index_key(dataroot, version, split, cfg)}.pkl")
+        path = index_path(dataroot, version, split, cfg, cache_dir)
         if os.path.isfile(path):
             try:
-                with open(path, "rb") as f:
-                    obj = pickle.load(f)
-                if obj.get("format") == INDEX_FORMAT:
+                store = PlanStore.open(path)
+                if store.meta.get("index_format") == INDEX_FORMAT:
                     log.info("index of %s/%s split %s: %d samples from cache %s", dataroot, version, split,
-                             len(obj["plans"]), path)
-                    return obj["plans"]
-            except Exception as e:  # a damaged cache is rebuilt, never fatal
+                             len(store), path)
+                    return store
+                store.close()
+                log.warning("index cache %s has another format; rebuilding", path)
+            except Exception as e:  # a damaged cache (StoreError, OSError, ...) is rebuilt, never fatal
                 log.warning("index cache %s unreadable (%s); rebuilding", path, e)
+    if path and source is None and _table_bytes(dataroot, version) >= SUBPROCESS_BUILD_BYTES:
+        # A big root (nuScenes: ~1 GB of sample_data) is indexed in a spawned process: the devkit's
+        # tables (GBs) and its imports never enter this process, whose heap forked loader workers
+        # inherit (they would count in every worker's RSS).
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        log.info("indexing %s split %s in a separate process (tables of %.0f MB)", dataroot, split,
+                 _table_bytes(dataroot, version) / 1e6)
+        with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
+            ex.submit(_write_index, dataroot, version, split, cfg, path, None, logging.getLogger().level).result()
+        store = PlanStore.open(path, verify=False)
+        log.info("index of %s/%s split %s: %d samples in %.1f s (tables %.1f s), %.1f MB -> %s", dataroot, version,
+                 split, len(store), store.meta["build_s"], store.meta["tables_s"], store.nbytes / 1e6, path)
+        return store
+    return _write_index(dataroot, version, split, cfg, path, source)
+
+
+# sample_data.json at least this big: build_index works in a spawned process
+SUBPROCESS_BUILD_BYTES = 64 << 20
+
+
+def _table_bytes(dataroot: str, version: str) -> int:
+    table = os.path.join(dataroot, version, "sample_data.json")
+    return os.path.getsize(table) if os.path.isfile(table) else 0
+
+
+def _write_index(dataroot: str, version: str, split: str, cfg: Config, path: Optional[str], source=None,
+                 log_level: Optional[int] = None) -> Optional[PlanStore]:
+    """Build the index into ``path`` (a PlanStore file, written atomically) or, without a path, into
+    memory; returns the store (None when run in a spawned process: ``log_level`` given)."""
+    from ..data.nuscenes_source import DataRootError, NuScenesSource
+    from ..sync.synchronizer import FrameBuilder
+
+    if log_level is not None and not logging.getLogger().handlers:  # a spawned process: log as the parent
+        logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     wanted = split_scene_names(split)  # after the cache: the devkit import costs a second
+    start = time.perf_counter()
     try:
         if source is None:
             source = NuScenesSource(os.path.abspath(dataroot), version,
@@ -104,16 +151,38 @@ def build_index(dataroot: str, version: str, split: str, cfg: Config, cache_dir:
     if not scenes:
         raise DataError(f"{dataroot}: no scene of split {split!r} in this root "
                         f"(scenes here: {', '.join(sorted(present)[:8])}{'...' if len(present) > 8 else ''})")
-    plans = []
-    for name in scenes:
-        fb = FrameBuilder(source, name, cfg)
-        for ref in fb.keyframe_references:
-            plans.append(fb.plan(ref, with_gt=True))
-    log.info("index of %s/%s split %s: %d samples from %d scenes", dataroot, version, split, len(plans), len(scenes))
+    tables_s = time.perf_counter() - start
+
+    def plans():  # streamed into the store: the plans are never all in memory at once
+        for k, name in enumerate(scenes):
+            fb = FrameBuilder(source, name, cfg)
+            for ref in fb.keyframe_references:
+                yield fb.plan(ref, with_gt=True)
+            if (k + 1) % 100 == 0:
+                log.info("indexing split %s: %d of %d scenes, %.0f s", split, k + 1, len(scenes),
+                         time.perf_counter() - start)
+
+    meta = {"index_format": INDEX_FORMAT, "scenes": scenes, "dataroot": os.path.abspath(dataroot),
+            "version": version, "split": split, "tables_s": round(tables_s, 3)}
+
+    def write(f):
+        write_store(f, plans(), meta, started=start)
+
     if path:
-        atomic_write_bytes(path, pickle.dumps({"format": INDEX_FORMAT, "scenes": scenes, "plans": plans},
-                                              protocol=pickle.HIGHEST_PROTOCOL))
-    return plans
+        atomic_write(path, write)
+        if log_level is not None:
+            return None
+        store = PlanStore.open(path, verify=False)
+    else:
+        import io
+
+        buf = io.BytesIO()
+        write(buf)
+        store = PlanStore.from_bytes(buf.getvalue())
+    log.info("index of %s/%s split %s: %d samples from %d scenes in %.1f s (tables %.1f s), %.1f MB%s",
+             dataroot, version, split, len(store), len(scenes), store.meta["build_s"], tables_s,
+             store.nbytes / 1e6, f" -> {path}" if path else "")
+    return store
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +202,9 @@ class TrainDataset(torch.utils.data.Dataset):
 
     def __init__(self, plans: Sequence, cfg: Config, augment: bool = True, seed: int = 0, max_retries: int = 8,
                  strict: bool = False, targets: bool = True):
-        self.plans = list(plans)
+        # A PlanStore stays as it is (decoded per sample, shared by forked workers); other sequences
+        # are copied into a list as before.
+        self.plans = plans if isinstance(plans, PlanStore) else list(plans)
         # The head's targets are built here, in the loader workers, from the augmented ground truth
         # (``sample.targets``); targets=False leaves them to the trainer's main process (the old path,
         # kept for the benchmark's before/after).
