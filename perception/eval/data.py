@@ -156,6 +156,18 @@ class EvalItem:
     images: Optional[torch.Tensor] = None
     camera_mask: Optional[torch.Tensor] = None
     error: Optional[str] = None
+    # (logger name, level, message) of the warnings logged while a worker read the sample (e.g. NaN
+    # points dropped): a worker's log records stay in its process, so the main process logs these
+    logs: List[tuple] = field(default_factory=list)
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records: List[tuple] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((record.name, record.levelno, record.getMessage()))
 
 
 class EvalDataset(torch.utils.data.Dataset):
@@ -184,6 +196,23 @@ class EvalDataset(torch.utils.data.Dataset):
         return len(self.plans)
 
     def __getitem__(self, i: int) -> EvalItem:
+        if torch.utils.data.get_worker_info() is None:  # the main process logs for itself
+            return self._item(i)
+        # In a loader worker, the project's warnings are collected (not printed there) and sent with
+        # the item; ``iterate`` logs them in the main process, in sample order, like the frames path.
+        logger, handler = logging.getLogger("perception"), _Collect()
+        propagate = logger.propagate
+        logger.addHandler(handler)
+        logger.propagate = False
+        try:
+            item = self._item(i)
+        finally:
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+        item.logs = handler.records
+        return item
+
+    def _item(self, i: int) -> EvalItem:
         from ..data.batch import frame_to_sample
         from ..data.io import SensorFileError
         from ..sync.synchronizer import assemble_frame, mask_frame
@@ -270,7 +299,10 @@ def iterate(loader: torch.utils.data.DataLoader):
         if frozen:
             gc.unfreeze()
     try:
-        yield from it
+        for item in it:
+            for name, level, message in item.logs:  # what the worker logged reading it
+                logging.getLogger(name).log(level, "%s", message)
+            yield item
     finally:
         shutdown_loader(loader)
 
