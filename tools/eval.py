@@ -7,6 +7,7 @@
     python tools/eval.py [CONFIG] --results FILE --dataroot DIR ... --out OUT   # an existing results file
     ... --tracking                   # also track the detections and evaluate the tracks (any of the three)
     ... --backend onnxruntime [--onnx FILE] [--compare-torch]   # the exported graph in ONNX Runtime
+    ... --precision bf16             # the torch forward under bf16 autocast (fp16: GPU only), decode in fp32
 
 Writes OUT/results_nusc.json (not with --results), OUT/metrics_summary.json, OUT/metrics_details.json,
 OUT/plots/ (devkit) and OUT/report.md; with --robustness also OUT/robustness/<case>/ and OUT/robustness.json;
@@ -83,6 +84,9 @@ def main(argv=None) -> int:
                          "per run); both share voxelization, camera geometry and decode")
     ap.add_argument("--onnx", metavar="FILE", help="ONNX graph of the checkpoint for --backend onnxruntime "
                                                    "(default OUT/model.onnx, exported there when absent)")
+    ap.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                    help="torch backend: fp32, or bf16 / fp16 autocast of the forward (bf16 on CPU or GPU, fp16 on "
+                         "GPU only), maps decoded in float32 (perception/deploy/precision.py)")
     ap.add_argument("--compare-torch", action="store_true",
                     help="with --backend onnxruntime: also run torch on every frame and report the largest "
                          "head-map difference and the frames whose decoded classes differ")
@@ -104,6 +108,8 @@ def main(argv=None) -> int:
         ap.error("--backend onnxruntime needs --checkpoint")
     if (args.onnx or args.compare_torch) and args.backend == "torch":
         ap.error("--onnx and --compare-torch go with --backend onnxruntime")
+    if args.precision != "fp32" and (args.backend != "torch" or not args.checkpoint):
+        ap.error("--precision bf16/fp16 goes with a model (--checkpoint) on the torch backend")
 
     from perception.config import ConfigError, load_config
     from perception.data.nuscenes_source import DataRootError, NuScenesSource
@@ -118,6 +124,7 @@ def main(argv=None) -> int:
     from perception.sync.pose import PoseError
 
     from perception.deploy.backends import OnnxRuntimeDetector
+    from perception.deploy.precision import PrecisionError
 
     distributed = _init_distributed()
     rank = ev.dist_rank_world()[0]
@@ -141,6 +148,12 @@ def main(argv=None) -> int:
                 detector, mode_text = ev.OracleDetector(), "oracle (ground truth through the pipeline)"
             elif args.backend == "torch":
                 detector, mode_text = ev.build_detector(cfg, args.checkpoint), "model"
+                if args.precision != "fp32":
+                    from perception.deploy.precision import check_precision
+
+                    check_precision(args.precision, detector.device)
+                    detector.model.precision = args.precision
+                    mode_text = f"model, {args.precision} autocast"
             else:
                 from perception.deploy.backends import build_backend_detector
 
@@ -192,7 +205,7 @@ def main(argv=None) -> int:
                                      + (f" (oracle: max_age {trk.ORACLE_MAX_AGE} frames)" if args.oracle else ""))
         report = write_report(out, summary, provenance, robustness=rows, problems=problems, depth=depth,
                               tracking=tracking)
-    except (ev.EvalError, ExportError, OnnxExportError, ConfigError, DataRootError, CalibrationError, PoseError, SensorFileError,
+    except (ev.EvalError, PrecisionError, ExportError, OnnxExportError, ConfigError, DataRootError, CalibrationError, PoseError, SensorFileError,
             TrainCheckpointError, OSError) as e:
         print(f"eval: {one_line(e)}", file=sys.stderr)
         return 2

@@ -674,6 +674,30 @@ def _staged_ms(model, batch_cpu, device, amp: Optional[str], sync) -> Dict[str, 
     return t
 
 
+def _precision_agreement(model, batches, device, precision: str) -> dict:
+    """``precision`` against fp32 on ``batches`` (the model's precision flag, as tools/eval.py --precision):
+    the largest head-map difference per map name and how many fp32 boxes (score >= 0.1) bf16 matches."""
+    from perception.deploy.precision import autocast, compare_detections, compare_maps, float_maps
+
+    out = {"boxes": 0, "matched": 0, "max_score_diff": 0.0, "max_map_diff": {}}
+    import torch
+
+    with torch.no_grad():
+        for b in batches:
+            b = b.to(device)
+            ref = model(b)
+            with autocast(precision, device):
+                low = float_maps(model(b))
+            for k, d in compare_maps(ref, low).items():
+                out["max_map_diff"][k] = round(max(out["max_map_diff"].get(k, 0.0), d), 5)
+            c = compare_detections(model.head.decode(ref, b.sample_tokens, b.timestamps)[0],
+                                   model.head.decode(low, b.sample_tokens, b.timestamps)[0])
+            out["boxes"] += c["boxes"]
+            out["matched"] += c["matched"]
+            out["max_score_diff"] = round(max(out["max_score_diff"], c["max_score_diff"]), 5)
+    return out
+
+
 def part_inference(rec: Recorder, args) -> None:
     import numpy as np
     import torch
@@ -738,19 +762,17 @@ def part_inference(rec: Recorder, args) -> None:
                           agree["agree"], **agree)
             for amp in ("fp32", "bf16"):
                 with rec.phase(f"{name}: timing {amp}"):
-                    ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp == "bf16" \
-                        else contextlib.nullcontext
+                    # the model's precision flag: the path of tools/eval.py --precision (autocast, float32 decode)
+                    dut.precision = amp
                     if gpu:
                         torch.cuda.reset_peak_memory_stats()
                     for b in batches[:warm]:  # warm-up: numba.cuda compilation, cuDNN autotuning, allocator
-                        with ctx():
-                            dut.predict(b.to(device))
+                        dut.predict(b.to(device))
                     sync()
                     ts, finite = [], True
                     for b in batches:
                         t0 = time.perf_counter()
-                        with ctx():
-                            dets = dut.predict(b.to(device))
+                        dets = dut.predict(b.to(device))
                         sync()
                         ts.append(time.perf_counter() - t0)
                         finite = finite and all(np.isfinite(d.boxes.boxes).all() for d in dets)
@@ -762,7 +784,13 @@ def part_inference(rec: Recorder, args) -> None:
                     if gpu:
                         entry["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
                     res[amp] = entry
+                    dut.precision = "fp32"
                     rec.check(f"{name}: {amp} inference finite", finite, frames_per_s=entry["frames_per_s"])
+            with rec.phase(f"{name}: bf16 vs fp32"):
+                res["bf16"]["vs_fp32"] = v = _precision_agreement(dut, batches[:2], device, "bf16")
+                # random weights: peaks near the threshold may swap in bf16; a broken path matches nothing
+                rec.check(f"{name}: bf16 detections agree with fp32 (>= 80% of boxes scoring >= 0.1: same class, "
+                          f"centre within 0.5 m)", v["matched"] >= 0.8 * v["boxes"], **v)
             if gpu and name == "nuscenes":
                 res["fps_goal"] = FPS_GOAL
                 res["fps_goal_met_bf16"] = res["bf16"]["frames_per_s"] >= FPS_GOAL

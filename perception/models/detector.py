@@ -91,12 +91,36 @@ class FusionDetector(nn.Module):
                    else self.head.targets(batch.gt_boxes, batch.gt_labels, batch.gt_attributes))
         return self.add_depth_terms(self.head.loss(preds, targets), depth, batch, "batch")
 
+    # precision of predict / predict_with_depth: "fp32", or "bf16" / "fp16" (autocast, maps decoded in
+    # float32); see perception.deploy.precision
+    precision: str = "fp32"
+
+    def _precision(self):
+        from ..deploy.precision import autocast
+
+        params = next(self.parameters(), None)
+        return autocast(self.precision, params.device if params is not None else "cpu")
+
     @torch.no_grad()
     def predict(self, batch: Batch) -> List[Detections]:
-        return self.head.decode(self(batch), batch.sample_tokens, batch.timestamps)
+        if self.precision == "fp32":
+            return self.head.decode(self(batch), batch.sample_tokens, batch.timestamps)
+        from ..deploy.precision import float_maps
+
+        with self._precision():
+            preds = self(batch)
+        return self.head.decode(float_maps(preds), batch.sample_tokens, batch.timestamps)
 
     @torch.no_grad()
     def predict_with_depth(self, batch: Batch):
         """(detections per sample, CameraDepth or None): inference plus what the depth metrics need."""
-        preds, depth = self(batch, return_depth=True)
-        return self.head.decode(preds, batch.sample_tokens, batch.timestamps), depth
+        if self.precision == "fp32":
+            preds, depth = self(batch, return_depth=True)
+            return self.head.decode(preds, batch.sample_tokens, batch.timestamps), depth
+        from ..deploy.precision import float_maps
+
+        with self._precision():
+            preds, depth = self(batch, return_depth=True)
+        if depth is not None:
+            depth.logits = depth.logits.float()
+        return self.head.decode(float_maps(preds), batch.sample_tokens, batch.timestamps), depth
