@@ -118,6 +118,10 @@ def test_fusion_implementation_is_a_config_switch():
     from perception.models.fusion.cross_attention import build_fusion
 
     assert build_fusion(load_config(None, [])).implementation == "reference"  # the default computes as before
+    from conftest import PROJECT
+
+    for name in ("fusion_tiny", "fusion_nuscenes"):  # the shipped configs take the fast path
+        assert load_config(f"{PROJECT}/configs/{name}.yaml", []).model.fusion.implementation == "fast"
     assert build_fusion(load_config(None, ["model.fusion.implementation=fast"])).implementation == "fast"
     with pytest.raises(ConfigError, match="implementation"):
         load_config(None, ["model.fusion.implementation=quick"])
