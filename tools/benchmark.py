@@ -4,7 +4,8 @@
     python tools/benchmark.py data [--dataroot DIR --version V] [--frames N] [--json OUT]
     python tools/benchmark.py ops [--json OUT]
     python tools/benchmark.py train --config C [--dataroot DIR --version V] [--json OUT]
-    python tools/benchmark.py model --config C [--frames N] [--threads T] [--backend torch onnxruntime] [--json OUT]
+    python tools/benchmark.py model --config C [--frames N] [--threads T] [--backend torch onnxruntime]
+                                    [--precision fp32 bf16] [--json OUT]
     python tools/benchmark.py tracking [--objects N] [--frames N] [--json OUT]
     python tools/benchmark.py eval-data [--dataroot DIR] [--workers W] [--samples N] [--json OUT]
     python tools/benchmark.py index --dataroot ROOT [--config C] [--split S] [--variants list store mmap]
@@ -215,15 +216,61 @@ def bench_model(args) -> dict:
             out = timed("onnxruntime_session", lambda: session.run(None, {n: inputs[n].numpy() for n in names}))
             return decode_outputs(model, out, b)
 
+    cpu = {}  # process CPU seconds per stage (all threads): robust to other work on the machine
+
     def timed(name, fn):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
-        stages[name].append(time.perf_counter() - t0)
+        stages.setdefault(name, []).append(time.perf_counter() - t0)
+        cpu.setdefault(name, []).append(time.process_time() - c0)
         return out
+
+    precisions = [p for p in args.precision if p != "fp32"]
+    agreement = {p: {"max_map_diff": {}, "boxes": 0, "matched": 0, "max_score_diff": 0.0} for p in precisions}
+
+    def low_precision(b, p):
+        """Stages and end to end at precision p (fast fusion), and its maps and detections against fp32."""
+        from perception.deploy.precision import autocast, compare_detections, compare_maps, float_maps
+
+        with autocast(p, "cpu"):
+            f = [None, None, None]
+            if model.lidar is not None:
+                f[0] = timed(f"lidar_{p}", lambda: model.lidar(b.lidar_points))
+            if model.camera is not None:
+                f[1] = timed(f"camera_{p}", lambda: model.camera(b.images, b.intrinsics, b.img_aug, b.T_ego_from_cam,
+                                                                 b.camera_mask))
+            if model.radar is not None:
+                f[2] = timed(f"radar_{p}", lambda: model.radar(b.radar_points))
+            pr = b.modality_mask.clone()
+            for m, x in enumerate(f):
+                if x is None:
+                    pr[:, m] = False
+            model.fusion.implementation = "fast"
+            fz = timed(f"fusion_fast_{p}", lambda: model.fusion(f, pr))
+            if model.decoder is not None:
+                fz = timed(f"decoder_{p}", lambda: model.decoder(fz))
+            timed(f"head_{p}", lambda: model.head(fz, b.ego_velocity))
+        model.precision = p
+        dets = timed(f"end_to_end_fast_{p}", lambda: model.predict(b))
+        model.precision = "fp32"
+        ref = model(b)
+        with autocast(p, "cpu"):
+            low = float_maps(model(b))
+        a = agreement[p]
+        for k, v in compare_maps(ref, low).items():
+            a["max_map_diff"][k] = round(max(a["max_map_diff"].get(k, 0.0), v), 5)
+        c = compare_detections(model.head.decode(ref, b.sample_tokens, b.timestamps)[0], dets[0])
+        a["boxes"] += c["boxes"]
+        a["matched"] += c["matched"]
+        a["max_score_diff"] = round(max(a["max_score_diff"], c["max_score_diff"]), 5)
 
     with torch.no_grad():
         for b in batches[:2]:  # warm-up: numba compilation, allocator
             model.predict(b)
+            for p in precisions:  # and the low-precision kernels
+                model.precision = p
+                model.predict(b)
+                model.precision = "fp32"
             if session is not None:
                 ort_predict(b)
         for i, b in enumerate(batches):
@@ -257,15 +304,21 @@ def bench_model(args) -> dict:
                 timed(f"end_to_end_{impl}", lambda: model.predict(b))
             if session is not None:
                 timed("onnxruntime_end_to_end", lambda: ort_predict(b))
+            for p in precisions:
+                low_precision(b, p)
     model.fusion.implementation = cfg.model.fusion.implementation
     ms = {k: round(1e3 * float(np.median(v)), 1) for k, v in stages.items() if v}
+    cpu_ms = {k: round(1e3 * float(np.median(v)), 1) for k, v in cpu.items() if v}
     try:
         load = os.getloadavg()[0]
     except OSError:
         load = None
     res = {"config": cfg.source, "threads": args.threads, "frames": len(batches), "parameters": params,
-           "median_ms": ms, "frames_per_s": {k[len("end_to_end_"):] if k.startswith("end_to_end_") else "onnxruntime":
+           "median_ms": ms, "median_cpu_ms": cpu_ms, "frames_per_s": {k[len("end_to_end_"):] if k.startswith("end_to_end_") else "onnxruntime":
                                               round(1e3 / v, 2) for k, v in ms.items() if "end_to_end" in k},
+           "fusion_speedup_cpu": round(cpu_ms["fusion_reference"] / cpu_ms["fusion_fast"], 2),
+           "fusion_share_of_end_to_end_cpu": {impl: round(cpu_ms[f"fusion_{impl}"] / cpu_ms[f"end_to_end_{impl}"], 3)
+                                              for impl in impls},
            "fusion_speedup": round(ms["fusion_reference"] / ms["fusion_fast"], 2),
            "fusion_share_of_end_to_end": {impl: round(ms[f"fusion_{impl}"] / ms[f"end_to_end_{impl}"], 3)
                                           for impl in impls},
@@ -274,14 +327,26 @@ def bench_model(args) -> dict:
            "bev_shape": list(cfg.bev_shape)}
     if session is not None:
         res["onnx_export_s"] = round(export_s, 1)
+    if precisions:
+        res["precision_vs_fp32"] = agreement
     print(f"model benchmark: {cfg.source}, {len(batches)} real keyframes, batch 1, {args.threads} threads, "
           f"fused BEV {cfg.bev_shape[0]}x{cfg.bev_shape[1]}; load average {load}")
     print("parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in params.items()))
     print("median latency ms (lidar includes voxelize; end_to_end = predict incl. decode; onnxruntime_inputs = "
           "voxelization and camera geometry):")
     print("  " + "  ".join(f"{k} {v}" for k, v in ms.items()))
+    print("median process CPU ms (all threads; what the stage costs when other work shares the cores):")
+    print("  " + "  ".join(f"{k} {v}" for k, v in cpu_ms.items()))
     print(f"fusion: fast {res['fusion_speedup']}x the reference; share of end to end "
-          + ", ".join(f"{k} {v:.0%}" for k, v in res["fusion_share_of_end_to_end"].items()))
+          + ", ".join(f"{k} {v:.0%}" for k, v in res["fusion_share_of_end_to_end"].items())
+          + f"; by CPU time {res['fusion_speedup_cpu']}x, share "
+          + ", ".join(f"{k} {v:.0%}" for k, v in res["fusion_share_of_end_to_end_cpu"].items()))
+    for p, a in agreement.items():
+        print(f"{p} vs fp32 (fast fusion): end to end {ms[f'end_to_end_fast_{p}']} ms vs {ms['end_to_end_fast']} ms "
+              f"(CPU {cpu_ms[f'end_to_end_fast_{p}']} vs {cpu_ms['end_to_end_fast']}); max map difference "
+              + ", ".join(f"{k} {v:.3g}" for k, v in a["max_map_diff"].items())
+              + f"; detections (score >= 0.1) matched {a['matched']}/{a['boxes']} (same class, centre within 0.5 m), "
+              f"max score difference {a['max_score_diff']:.3g}")
     print("frames/s: " + ", ".join(f"{k} {v}" for k, v in res["frames_per_s"].items())
           + f"; peak RSS {res['peak_rss_mb']} MB")
     if session is not None:
@@ -369,6 +434,9 @@ def main(argv=None) -> int:
     m.add_argument("--backend", nargs="+", default=["torch"], choices=("torch", "onnxruntime"),
                    help="torch (eager, both fusion implementations) and/or onnxruntime (the ONNX export, "
                         "same frames, interleaved)")
+    m.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "bf16"),
+                   help="fp32 and/or bf16 (CPU autocast, fast fusion): per-stage and end-to-end latency side by "
+                        "side, and bf16's head maps and detections against fp32 on the same frames")
     m.add_argument("--json")
     k = sub.add_parser("tracking", help="tracker ms per frame at N detections and N tracks, one core")
     k.add_argument("--objects", type=int, default=200)
