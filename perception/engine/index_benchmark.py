@@ -203,6 +203,8 @@ def _build(args: dict) -> dict:
             "wall_s": round(wall, 1), "file_mb": round(os.path.getsize(path) / MB, 1),
             "bytes_per_plan": round(store.nbytes / max(1, len(store))),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            # a big root is indexed in a spawned process (build_index): its peak
+            "spawned_builder_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
             "rss_after_build": proc_memory(os.getpid())}
 
 
