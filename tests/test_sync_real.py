@@ -158,3 +158,37 @@ def test_missing_keyframe_files_make_sensor_absent_not_crash(real_source, tmp_pa
     assert frame.status["CAM_FRONT"].present and frame.present("radar")
     assert not frame.present("lidar") and frame.present("camera")
     assert fb.missing["LIDAR_TOP"] == 3 and fb.missing["CAM_BACK"] == 1
+
+
+def test_source_from_config_reads_radar_as_the_config_says(real_source):
+    """Tools that take a config (eval, export, replay, doctor, the training index) open the root with
+    ``NuScenesSource.from_config``: with ``sync.radar_default_filters`` a frame holds exactly the returns
+    that pass the devkit's default filters, as training's index reads them."""
+    from nuscenes.utils.data_classes import RadarPointCloud
+
+    from perception.data.nuscenes_source import NuScenesSource
+
+    over = ["sync.radar_sweeps=1", "sync.lidar_sweeps=1"]
+    counts = {}
+    for filters in (False, True):
+        cfg = load_config(None, over + [f"sync.radar_default_filters={str(filters).lower()}",
+                                         "sync.max_pose_extrapolation_us=1234"])
+        src = NuScenesSource.from_config(real_source.dataroot, real_source.version, cfg, nusc=real_source.nusc)
+        assert src.radar_default_filters is filters and src.max_pose_extrapolation_us == 1234
+        fb = FrameBuilder(src, "scene-0523", cfg)
+        ref = fb.keyframe_references[4]
+        counts[filters] = len(fb.build(ref, load_images=False).radar_points)
+    # the devkit's own reader, with and without its default filters, on the same five messages
+    sample = real_source.nusc.get("sample", ref.sample_token)
+    expect = {}
+    for filters in (False, True):
+        if filters:
+            RadarPointCloud.default_filters()
+        else:
+            RadarPointCloud.disable_filters()
+        try:
+            expect[filters] = sum(RadarPointCloud.from_file(real_source.nusc.get_sample_data_path(
+                sample["data"][ch])).points.shape[1] for ch in RADAR_CHANNELS)
+        finally:
+            RadarPointCloud.default_filters()
+    assert counts == expect and counts[True] < counts[False]

@@ -133,7 +133,8 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, args.set)
         if os.path.isdir(os.path.join(args.dataroot, args.version)):  # else the source names the bad root
             ev.check_split(args.dataroot, args.version, args.split)  # before loading tables or a model
-        source = NuScenesSource(args.dataroot, args.version)
+        # radar read as training reads it (the index's plans carry the same flag)
+        source = NuScenesSource.from_config(args.dataroot, args.version, cfg)
         ev.split_sample_tokens(source.nusc, args.split)  # a split with no samples here: fail before any model work
         out = os.path.abspath(args.out)
         render = not args.no_plots

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     torch.set_grad_enabled(False)
     try:
         cfg = load_config(args.config, args.set)
-        source = NuScenesSource(args.dataroot, args.version)
+        source = NuScenesSource.from_config(args.dataroot, args.version, cfg)
         scene = args.scene or source.scene_names()[-1]
         from perception.sync.synchronizer import FrameBuilder
 

@@ -100,12 +100,13 @@ def main(argv=None) -> int:
         if a.recording:
             from perception.data.recording import RecordingSource
 
-            source = RecordingSource(a.recording, a.rig, a.cache_dir)
+            source = RecordingSource(a.recording, a.rig, a.cache_dir,
+                                     radar_default_filters=cfg.sync.radar_default_filters)
             a.scene = a.scene or source.name
             if not a.out:
                 out = f"replay_{a.scene}.mp4" if headless else None
         else:
-            source = NuScenesSource(a.dataroot, a.version)
+            source = NuScenesSource.from_config(a.dataroot, a.version, cfg)
         source.scene(a.scene)
         detector = None
         if a.checkpoint:

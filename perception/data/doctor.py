@@ -430,8 +430,7 @@ def run_doctor(dataroot: str, version: str, cfg: Config, scene: Optional[str] = 
         # Dicts built directly (not asdict): a systematically broken table of full nuScenes is millions.
         report["problems"].extend(_table_problem("dangling_token", *ln.split(": ", 1)) for ln in dangling)
         return report
-    source = NuScenesSource(dataroot, version, nusc=open_nuscenes(dataroot, version, tables=tables),
-                            radar_default_filters=cfg.sync.radar_default_filters)
+    source = NuScenesSource.from_config(dataroot, version, cfg, nusc=open_nuscenes(dataroot, version, tables=tables))
     names = [source.scene(scene)["name"]] if scene else source.scene_names()
     gt_z = GtZRange(cfg.grid.point_cloud_range)
     for name in names:

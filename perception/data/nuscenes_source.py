@@ -237,6 +237,14 @@ class NuScenesSource:
         self._scene_by_name = {s["name"]: s for s in self.nusc.scene}
         self._indices: Dict[str, SceneIndex] = {}
 
+    @classmethod
+    def from_config(cls, dataroot: str, version: str, cfg, nusc=None) -> "NuScenesSource":
+        """The source as ``cfg.sync`` reads it (radar filters, pose extrapolation limit): every tool that
+        takes a config opens its root through this, so evaluation, export and replay read the sensors
+        exactly as training's index does."""
+        return cls(dataroot, version, nusc=nusc, radar_default_filters=cfg.sync.radar_default_filters,
+                   max_pose_extrapolation_us=cfg.sync.max_pose_extrapolation_us)
+
     # ------------------------------------------------------------------ scenes and messages
     def scene_names(self) -> List[str]:
         return [s["name"] for s in self.nusc.scene]

@@ -141,9 +141,7 @@ def _write_index(dataroot: str, version: str, split: str, cfg: Config, path: Opt
     start = time.perf_counter()
     try:
         if source is None:
-            source = NuScenesSource(os.path.abspath(dataroot), version,
-                                    radar_default_filters=cfg.sync.radar_default_filters,
-                                    max_pose_extrapolation_us=cfg.sync.max_pose_extrapolation_us)
+            source = NuScenesSource.from_config(os.path.abspath(dataroot), version, cfg)
     except DataRootError as e:
         raise DataError(str(e)) from None
     present = set(source.scene_names())

@@ -59,7 +59,7 @@ def run_eval_data_benchmark(config: Optional[str], overrides: List[str], dataroo
     from . import evaluate as ev
 
     cfg = load_config(config, overrides)
-    source = NuScenesSource(dataroot, version)
+    source = NuScenesSource.from_config(dataroot, version, cfg)
     tokens = ev.split_sample_tokens(source.nusc, split)
     tokens = tokens[:samples] if samples else tokens
     det = NullModel(cfg)
