@@ -465,6 +465,9 @@ def main(argv=None) -> int:
     x.add_argument("--max-samples", type=int, default=0, help="iterate only this many (0: the whole epoch)")
     x.add_argument("--interval", type=float, default=1.0, help="seconds between memory samples")
     x.add_argument("--rebuild", action="store_true", help="build the index again even when cached")
+    x.add_argument("--worker-mmap-threshold", type=int, nargs="+", default=None,
+                   help="bytes, one run per value and variant (0: glibc's dynamic default); default: the "
+                        "workers' setting (perception.engine.dataset.WORKER_MMAP_THRESHOLD)")
     x.add_argument("--json")
     e = sub.add_parser("eval-data", help="evaluation data path: frame by frame in the main process vs the "
                                          "DataLoader over the cached index; --robustness in one pass vs a pass per case")
@@ -494,7 +497,7 @@ def main(argv=None) -> int:
 
         res = run_index_benchmark(args.dataroot, os.path.abspath(args.config), args.set, args.version, args.split,
                                   args.cache, args.variants, args.load, args.workers, args.max_samples,
-                                  args.interval, args.rebuild)
+                                  args.interval, args.rebuild, args.worker_mmap_threshold)
     elif args.what == "train":
         set_threads(os.cpu_count() or 1)  # the trainer uses the machine; its loader workers take one each
         from perception.engine.benchmark import run_train_benchmark

@@ -94,8 +94,13 @@ def _child(args: dict) -> dict:
                           sample_classes, worker_init)
     from .plan_store import PlanStore
 
+    from . import dataset as dataset_module
+
+    if args.get("mmap_threshold") is not None:  # read by worker_init in the forked workers
+        dataset_module.WORKER_MMAP_THRESHOLD = int(args["mmap_threshold"])
     cfg = load_config(args["config"], list(args["overrides"]))
-    res: dict = {"variant": args["variant"], "load": args["load"]}
+    res: dict = {"variant": args["variant"], "load": args["load"],
+                 "worker_mmap_threshold": dataset_module.WORKER_MMAP_THRESHOLD}
     res["main_at_start"] = proc_memory(os.getpid())
     t0 = time.perf_counter()
     store = build_index(args["dataroot"], args["version"], args["split"], cfg, args["cache"])
@@ -229,7 +234,9 @@ def _run_fresh(fn: str, args: dict) -> dict:
 def run_index_benchmark(dataroot: str, config: str, overrides: Sequence[str] = (), version: str = "v1.0-trainval",
                         split: str = "train", cache: Optional[str] = None, variants: Sequence[str] = ("list", "store"),
                         load: str = "samples", workers: int = 2, max_samples: int = 0, interval_s: float = 1.0,
-                        rebuild: bool = False) -> dict:
+                        rebuild: bool = False, mmap_thresholds: Optional[Sequence[int]] = None) -> dict:
+    """``mmap_thresholds``: the workers' malloc mmap threshold (bytes, 0: glibc's dynamic default), one run
+    per value and variant, named ``variant@threshold`` when several are given; None: the trainer's."""
     cache = cache or os.path.join(os.path.dirname(os.path.abspath(dataroot.rstrip("/"))), "cache")
     overrides = list(overrides)
     if load == "samples" and not any(o.startswith("model.use_camera") for o in overrides):
@@ -241,11 +248,14 @@ def run_index_benchmark(dataroot: str, config: str, overrides: Sequence[str] = (
     res["build"] = _run_fresh("_build", dict(base, rebuild=rebuild))
     print(json.dumps({"build": res["build"]}), flush=True)
     res["variants"] = {}
+    thresholds = list(mmap_thresholds) if mmap_thresholds else [None]
     for v in variants:
-        r = _run_fresh("_child", dict(base, variant=v, load=load, workers=workers, max_samples=max_samples,
-                                      interval_s=interval_s))
-        res["variants"][v] = r
-        print(json.dumps({v: {k: x for k, x in r.items() if k != "series"}}), flush=True)
+        for th in thresholds:
+            name = f"{v}@{th}" if len(thresholds) > 1 else v
+            r = _run_fresh("_child", dict(base, variant=v, load=load, workers=workers, max_samples=max_samples,
+                                          interval_s=interval_s, mmap_threshold=th))
+            res["variants"][name] = r
+            print(json.dumps({name: {k: x for k, x in r.items() if k != "series"}}), flush=True)
     res["load_average_end"] = os.getloadavg()
     res["table"] = summary_table(res)
     print(res["table"])
