@@ -25,6 +25,19 @@ def conv_norm_act(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.S
                          nn.ReLU(inplace=True))
 
 
+def eager_inference(query: torch.Tensor, feats, module: nn.Module) -> bool:
+    """True when a module may take its inference-only path (in-place updates, cached folded weights,
+    channels_last): no autograd graph to build (grad mode off, or nothing that requires grad), not
+    inside an ONNX export, a trace or torch.compile. query: the main input; feats: other inputs (None
+    entries allowed)."""
+    if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    return not (query.requires_grad or any(f is not None and f.requires_grad for f in feats)
+                or any(p.requires_grad for p in module.parameters()))
+
+
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channels of every cell of x: [B, C, H, W]."""
 

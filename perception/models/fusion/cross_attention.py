@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import LayerNorm2d
+from ..common import LayerNorm2d, eager_inference as _eager_inference
 
 # "reference": stacked k*k copies (the test reference); "fast": strided window views, same math (forward_fast)
 IMPLEMENTATIONS = ("reference", "fast")
@@ -212,17 +212,6 @@ def _windows(xp: torch.Tensor, k: int, H: int, W: int) -> torch.Tensor:
     win = xp.unfold(-2, k, 1).unfold(-2, k, 1)  # [..., H, W, k (dy), k (dx)], a view
     n = win.dim()
     return win.permute(*range(n - 4), n - 2, n - 1, n - 4, n - 3)
-
-
-def _eager_inference(query: torch.Tensor, feats, module: nn.Module) -> bool:
-    """True when the fusion may take its in-place inference path: no autograd graph to build (grad mode
-    off, or nothing that requires grad), not inside an ONNX export or torch.compile."""
-    if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
-        return False
-    if not torch.is_grad_enabled():
-        return True
-    return not (query.requires_grad or any(f is not None and f.requires_grad for f in feats)
-                or any(p.requires_grad for p in module.parameters()))
 
 
 def _matmul_bias(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
