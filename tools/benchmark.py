@@ -228,7 +228,24 @@ def bench_model(args) -> dict:
     precisions = [p for p in args.precision if p != "fp32"]
     agreement = {p: {"max_map_diff": {}, "boxes": 0, "matched": 0, "max_score_diff": 0.0} for p in precisions}
 
-    def low_precision(b, p):
+    def set_paths(on):
+        """The inference-only paths of the camera (channels_last) and the head (folded, fused) on or off."""
+        if model.camera is not None:
+            model.camera.fast_inference = on
+        model.head.fast_inference = on
+
+    def both_paths(i, name, fn):
+        """fn timed with the inference-only paths on (``name``) and off (``name``_off), alternating which
+        goes first (load drifts); the paths end on and the 'on' result is returned."""
+        out = None
+        for on in ((True, False) if i % 2 == 0 else (False, True)):
+            set_paths(on)
+            r = timed(name if on else f"{name}_off", fn)
+            out = r if on else out
+        set_paths(True)
+        return out
+
+    def low_precision(i, b, p):
         """Stages and end to end at precision p (fast fusion), and its maps and detections against fp32."""
         from perception.deploy.precision import autocast, compare_detections, compare_maps, float_maps
 
@@ -237,8 +254,8 @@ def bench_model(args) -> dict:
             if model.lidar is not None:
                 f[0] = timed(f"lidar_{p}", lambda: model.lidar(b.lidar_points))
             if model.camera is not None:
-                f[1] = timed(f"camera_{p}", lambda: model.camera(b.images, b.intrinsics, b.img_aug, b.T_ego_from_cam,
-                                                                 b.camera_mask))
+                f[1] = both_paths(i, f"camera_{p}", lambda: model.camera(b.images, b.intrinsics, b.img_aug,
+                                                                         b.T_ego_from_cam, b.camera_mask))
             if model.radar is not None:
                 f[2] = timed(f"radar_{p}", lambda: model.radar(b.radar_points))
             pr = b.modality_mask.clone()
@@ -249,9 +266,9 @@ def bench_model(args) -> dict:
             fz = timed(f"fusion_fast_{p}", lambda: model.fusion(f, pr))
             if model.decoder is not None:
                 fz = timed(f"decoder_{p}", lambda: model.decoder(fz))
-            timed(f"head_{p}", lambda: model.head(fz, b.ego_velocity))
+            both_paths(i, f"head_{p}", lambda: model.head(fz, b.ego_velocity))
         model.precision = p
-        dets = timed(f"end_to_end_fast_{p}", lambda: model.predict(b))
+        dets = both_paths(i, f"end_to_end_fast_{p}", lambda: model.predict(b))
         model.precision = "fp32"
         ref = model(b)
         with autocast(p, "cpu"):
@@ -265,12 +282,14 @@ def bench_model(args) -> dict:
         a["max_score_diff"] = round(max(a["max_score_diff"], c["max_score_diff"]), 5)
 
     with torch.no_grad():
-        for b in batches[:2]:  # warm-up: numba compilation, allocator
-            model.predict(b)
-            for p in precisions:  # and the low-precision kernels
-                model.precision = p
+        for b in batches[:2]:  # warm-up: numba compilation, allocator, both paths' kernels
+            for on in (False, True):
+                set_paths(on)
                 model.predict(b)
-                model.precision = "fp32"
+                for p in precisions:  # and the low-precision kernels
+                    model.precision = p
+                    model.predict(b)
+                    model.precision = "fp32"
             if session is not None:
                 ort_predict(b)
         for i, b in enumerate(batches):
@@ -283,8 +302,8 @@ def bench_model(args) -> dict:
             if model.lidar is not None:
                 feats[0] = timed("lidar", lambda: model.lidar(b.lidar_points))
             if model.camera is not None:
-                feats[1] = timed("camera", lambda: model.camera(b.images, b.intrinsics, b.img_aug, b.T_ego_from_cam,
-                                                                b.camera_mask))
+                feats[1] = both_paths(i, "camera", lambda: model.camera(b.images, b.intrinsics, b.img_aug,
+                                                                        b.T_ego_from_cam, b.camera_mask))
             if model.radar is not None:
                 feats[2] = timed("radar", lambda: model.radar(b.radar_points))
             present = b.modality_mask.clone()
@@ -297,15 +316,18 @@ def bench_model(args) -> dict:
                 fused = timed(f"fusion_{impl}", lambda: model.fusion(feats, present))
             if model.decoder is not None:
                 fused = timed("decoder", lambda: model.decoder(fused))
-            preds = timed("head", lambda: model.head(fused, b.ego_velocity))
+            preds = both_paths(i, "head", lambda: model.head(fused, b.ego_velocity))
             timed("decode", lambda: model.head.decode(preds, b.sample_tokens, b.timestamps))
             for impl in (impls if i % 2 == 0 else impls[::-1]):
                 model.fusion.implementation = impl
-                timed(f"end_to_end_{impl}", lambda: model.predict(b))
+                if impl == "fast":  # and the fast fusion without the camera's and head's inference paths
+                    both_paths(i, "end_to_end_fast", lambda: model.predict(b))
+                else:
+                    timed(f"end_to_end_{impl}", lambda: model.predict(b))
             if session is not None:
                 timed("onnxruntime_end_to_end", lambda: ort_predict(b))
             for p in precisions:
-                low_precision(b, p)
+                low_precision(i, b, p)
     model.fusion.implementation = cfg.model.fusion.implementation
     ms = {k: round(1e3 * float(np.median(v)), 1) for k, v in stages.items() if v}
     cpu_ms = {k: round(1e3 * float(np.median(v)), 1) for k, v in cpu.items() if v}
@@ -347,6 +369,9 @@ def bench_model(args) -> dict:
               + ", ".join(f"{k} {v:.3g}" for k, v in a["max_map_diff"].items())
               + f"; detections (score >= 0.1) matched {a['matched']}/{a['boxes']} (same class, centre within 0.5 m), "
               f"max score difference {a['max_score_diff']:.3g}")
+    print("inference-only paths (camera channels_last, head folded/fused; _off: switched off, same frames, "
+          "interleaved), process CPU ms on / off: "
+          + ", ".join(f"{k} {cpu_ms[k]} / {cpu_ms[k + '_off']}" for k in cpu_ms if k + "_off" in cpu_ms))
     print("frames/s: " + ", ".join(f"{k} {v}" for k, v in res["frames_per_s"].items())
           + f"; peak RSS {res['peak_rss_mb']} MB")
     if session is not None:
