@@ -1,6 +1,6 @@
 """Inference-only fast paths (issue 17): the head's forward_inference (BatchNorm folded, the task
-convolutions as one, the 1x1 outputs as one matmul per task), the camera's channels_last image network
-and the head's decode (separable window maximum, attribute table) against the formulations they replace:
+convolutions as one, the 1x1 outputs as one matmul per task), the camera's channels_last image network,
+the LiDAR backbone in channels_last and the head's decode (separable window maximum, attribute table) against the formulations they replace:
 equal within 1e-5 (the decode: identical), taken only in eval-mode eager inference."""
 import math
 
@@ -248,3 +248,32 @@ def test_camera_channels_last_inference_equals_nchw():
     assert float(ref.abs().max()) > 0.1
     assert torch.allclose(fast, ref, rtol=0, atol=1e-5), (fast - ref).abs().max()
     assert torch.allclose(fast_depth.logits, ref_depth.logits, rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ LiDAR
+def test_lidar_channels_last_inference_equals_nchw():
+    """Eval-mode eager inference feeds the scatter's canvas to the backbone in channels_last: the LiDAR
+    BEV map equals the NCHW run within 1e-5 and comes out NCHW-contiguous; autograd stays NCHW."""
+    from test_model import micro_cfg, random_batch
+
+    from perception.models.build import build_model
+
+    cfg = micro_cfg("model.use_camera=false", "model.use_radar=false")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for m in model.lidar.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0.0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    b = random_batch(cfg, B=2, with_gt=False, camera=False, radar=False)
+    lidar = model.lidar
+    outs = {}
+    with torch.no_grad():
+        for fast in (False, True):
+            lidar.fast_inference = fast
+            outs[fast] = lidar(b.lidar_points)
+    assert outs[True].is_contiguous() and float(outs[False].abs().max()) > 0.1
+    assert torch.allclose(outs[True], outs[False], rtol=0, atol=1e-5), (outs[True] - outs[False]).abs().max()
+    with_grad = lidar(b.lidar_points)  # parameters require grad: the NCHW path, a graph to train
+    assert with_grad.requires_grad and torch.allclose(with_grad.detach(), outs[False], rtol=0, atol=1e-6)

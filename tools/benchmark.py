@@ -229,9 +229,11 @@ def bench_model(args) -> dict:
     agreement = {p: {"max_map_diff": {}, "boxes": 0, "matched": 0, "max_score_diff": 0.0} for p in precisions}
 
     def set_paths(on):
-        """The inference-only paths of the camera (channels_last) and the head (folded, fused) on or off."""
-        if model.camera is not None:
-            model.camera.fast_inference = on
+        """The inference-only paths of the LiDAR and camera encoders (channels_last) and the head (folded,
+        fused) on or off."""
+        for enc in (model.lidar, model.camera):
+            if enc is not None:
+                enc.fast_inference = on
         model.head.fast_inference = on
 
     def both_paths(i, name, fn):
@@ -252,7 +254,7 @@ def bench_model(args) -> dict:
         with autocast(p, "cpu"):
             f = [None, None, None]
             if model.lidar is not None:
-                f[0] = timed(f"lidar_{p}", lambda: model.lidar(b.lidar_points))
+                f[0] = both_paths(i, f"lidar_{p}", lambda: model.lidar(b.lidar_points))
             if model.camera is not None:
                 f[1] = both_paths(i, f"camera_{p}", lambda: model.camera(b.images, b.intrinsics, b.img_aug,
                                                                          b.T_ego_from_cam, b.camera_mask))
@@ -300,7 +302,7 @@ def bench_model(args) -> dict:
                                                          lc.max_voxels[1]))
             feats = [None, None, None]
             if model.lidar is not None:
-                feats[0] = timed("lidar", lambda: model.lidar(b.lidar_points))
+                feats[0] = both_paths(i, "lidar", lambda: model.lidar(b.lidar_points))
             if model.camera is not None:
                 feats[1] = both_paths(i, "camera", lambda: model.camera(b.images, b.intrinsics, b.img_aug,
                                                                         b.T_ego_from_cam, b.camera_mask))
@@ -369,7 +371,7 @@ def bench_model(args) -> dict:
               + ", ".join(f"{k} {v:.3g}" for k, v in a["max_map_diff"].items())
               + f"; detections (score >= 0.1) matched {a['matched']}/{a['boxes']} (same class, centre within 0.5 m), "
               f"max score difference {a['max_score_diff']:.3g}")
-    print("inference-only paths (camera channels_last, head folded/fused; _off: switched off, same frames, "
+    print("inference-only paths (LiDAR and camera channels_last, head folded/fused; _off: switched off, same frames, "
           "interleaved), process CPU ms on / off: "
           + ", ".join(f"{k} {cpu_ms[k]} / {cpu_ms[k + '_off']}" for k in cpu_ms if k + "_off" in cpu_ms))
     print("frames/s: " + ", ".join(f"{k} {v}" for k, v in res["frames_per_s"].items())

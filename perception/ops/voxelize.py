@@ -1108,13 +1108,15 @@ def dynamic_voxelize(points: ArrayLike, voxel_size: Sequence[float], point_cloud
 # Pillar scatter
 # ----------------------------------------------------------------------------------------------
 def scatter_pillars(pillar_features: torch.Tensor, coords: torch.Tensor, batch_size: int,
-                    grid_hw: Tuple[int, int]) -> torch.Tensor:
+                    grid_hw: Tuple[int, int], channels_last: bool = False) -> torch.Tensor:
     """Dense BEV map float[B, C, H, W] from pillar features; differentiable in pillar_features.
 
     pillar_features: float[M, C] one feature vector per pillar.
     coords: int[M, 4] (batch, z, y, x) cell indices (z ignored: pillars span the height); rows
         must be unique per (batch, y, x) (as hard_voxelize's are), cells without a pillar are zero.
     batch_size: B; grid_hw: (H, W) = (grid y, grid x).
+    channels_last: return the map in channels_last memory format (the [B, H, W, C] canvas it is
+        built in, no copy) instead of NCHW-contiguous.
     """
     H, W = grid_hw
     M, C = pillar_features.shape
@@ -1124,4 +1126,5 @@ def scatter_pillars(pillar_features: torch.Tensor, coords: torch.Tensor, batch_s
         index = (coords[:, 0] * H + coords[:, 2]) * W + coords[:, 3]
         # index_copy (not index_add): one pillar per cell, and its backward is a gather.
         canvas = canvas.index_copy(0, index, pillar_features)
-    return canvas.view(batch_size, H, W, C).permute(0, 3, 1, 2).contiguous()
+    canvas = canvas.view(batch_size, H, W, C).permute(0, 3, 1, 2)
+    return canvas if channels_last else canvas.contiguous()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ...ops.voxelize import hard_voxelize, hard_voxelize_batch, scatter_pillars
-from ..common import bev_norm, conv_norm_act, norm_with_running_stats
+from ..common import bev_norm, conv_norm_act, eager_inference, norm_with_running_stats
 
 
 class PointBatchNorm(nn.BatchNorm1d):
@@ -173,10 +173,20 @@ class PointPillarsEncoder(nn.Module):
         cap = self.max_voxels[0] if self.training else self.max_voxels[1]
         return voxelize_batch(pts, self.voxel_size, self.point_cloud_range, self.max_points, cap)
 
+    # False: the backbone runs in NCHW in inference too (tools/benchmark.py model times both)
+    fast_inference: bool = True
+
     def forward(self, points: List[torch.Tensor]) -> torch.Tensor:
         """points: B x float[N_i, 6] (x, y, z, intensity, ring, time_lag s), ego frame, metres"""
         voxels, nums, coords = self.pillars(points)
         feats = self.pfn(voxels, nums, coords)
+        if self.fast_inference and not self.training and eager_inference(feats, [], self):
+            # Eager inference (eval mode, no autograd): the backbone in channels_last, fed the scatter's
+            # [B, H, W, C] canvas as it is (no NCHW copy of the full-resolution map); the same map
+            # within float rounding, NCHW-contiguous again for the fusion. Training stays NCHW (the
+            # channels_last oneDNN backward crashed the process at exit, see the camera encoder).
+            canvas = scatter_pillars(feats, coords, len(points), self.grid_hw, channels_last=True)
+            return self.backbone(canvas).contiguous()
         canvas = scatter_pillars(feats, coords, len(points), self.grid_hw)
         return self.backbone(canvas)
 
