@@ -36,11 +36,19 @@ def eval_cli(real_root, real_source, tmp_path, monkeypatch, capsys):
     are opened once per session (NuScenesSource is handed the loaded one) to keep each call short."""
     import perception.data.nuscenes_source as ns
 
-    def cached_source(dataroot, version="v1.0-trainval", *a, **k):
-        assert os.path.abspath(dataroot) == os.path.abspath(real_root) and version == REAL_VERSION
-        return real_source
+    class CachedSource:
+        def __new__(cls, dataroot, version="v1.0-trainval", *a, **k):
+            assert os.path.abspath(dataroot) == os.path.abspath(real_root) and version == REAL_VERSION
+            return real_source
 
-    monkeypatch.setattr(ns, "NuScenesSource", cached_source)
+        @classmethod
+        def from_config(cls, dataroot, version, cfg, nusc=None):
+            # the shared source reads sensors with the defaults: only configs that keep them may use it
+            assert cfg.sync.radar_default_filters == real_source.radar_default_filters
+            assert cfg.sync.max_pose_extrapolation_us == real_source.max_pose_extrapolation_us
+            return cls(dataroot, version)
+
+    monkeypatch.setattr(ns, "NuScenesSource", CachedSource)
     main = _eval_main()
 
     def run(*args):
