@@ -185,6 +185,11 @@ class CameraEncoderConfig:
     depth_loss_weight: weight of the LiDAR-supervised depth loss (cross-entropy over the depth bins on
         feature cells a LiDAR point falls in; BEVDepth uses 3.0); 0 = no depth supervision. The
         LiDAR is a training signal only, never an input of the camera encoder.
+    aux_head_weight: weight of an auxiliary detection loss on the camera's own BEV map (a second
+        CenterHead trained on the same targets, localization terms only: heatmap, offset, height,
+        size, yaw), so the camera branch is taught to find objects even when the LiDAR already
+        answers the fused head; training only (the auxiliary head never runs at inference); 0 = none.
+        Only samples that have a camera image take the loss.
     """
 
     image_size: List[int] = field(default_factory=lambda: [256, 704])
@@ -196,6 +201,7 @@ class CameraEncoderConfig:
     channels: int = 80
     camera_aware: bool = True
     depth_loss_weight: float = 3.0
+    aux_head_weight: float = 0.0
 
     def validate(self, where: str) -> None:
         # checked before unpacking below: a short list would otherwise end in a bare unpacking error
@@ -211,6 +217,8 @@ class CameraEncoderConfig:
             raise ConfigError(f"{where}: model.camera.feature_stride must be 8 or 16")
         if not (self.depth_loss_weight >= 0):
             raise ConfigError(f"{where}: model.camera.depth_loss_weight must be >= 0, got {self.depth_loss_weight}")
+        if not (self.aux_head_weight >= 0):
+            raise ConfigError(f"{where}: model.camera.aux_head_weight must be >= 0, got {self.aux_head_weight}")
         lo, hi, step = self.depth_bins
         if not (0 < lo < hi and step > 0):
             raise ConfigError(f"{where}: model.camera.depth_bins must be (min > 0, max > min, step > 0)")

@@ -47,7 +47,7 @@ from .distributed import (DistInfo, all_gather_objects, all_reduce_mean, barrier
 
 log = logging.getLogger(__name__)
 
-LOSS_KEYS = ("heatmap", "offset", "height", "size", "yaw", "velocity", "attribute", "direction", "depth", "total")
+LOSS_KEYS = ("heatmap", "offset", "height", "size", "yaw", "velocity", "attribute", "direction", "depth", "camera_aux", "total")
 # Logged beside the losses (detached, rank 0's batch; present when the batch has depth targets).
 METRIC_KEYS = ("depth_abs_rel", "depth_rmse", "depth_delta1")
 
@@ -137,7 +137,7 @@ def compute_losses(model: torch.nn.Module, bare, batch, reduction: str,
     """
     if batch.gt_boxes is None:
         raise ValueError("training needs ground truth in every batch")
-    preds, depth = model(batch, return_depth=True)
+    preds, depth, aux = model(batch, return_depth=True, return_aux=True)
     # built by the loader workers (TrainDataset); a batch from elsewhere gets the head's reference
     targets = (batch.targets if batch.targets is not None
                else bare.head.targets(batch.gt_boxes, batch.gt_labels, batch.gt_attributes))
@@ -157,6 +157,7 @@ def compute_losses(model: torch.nn.Module, bare, batch, reduction: str,
                 total[k] = total[k] + v if k in total else v
         total = {k: v / B for k, v in total.items()}
     total = bare.add_depth_terms(total, depth, batch, reduction)
+    total = bare.add_aux_terms(total, aux, targets, batch, reduction)
     if depth_metrics and depth is not None and batch.depth_targets is not None:
         from ..models.camera.depth import batch_depth_metrics
 

@@ -22,5 +22,8 @@ def build_model(cfg: Config) -> FusionDetector:
     # The decoder keeps the fused grid and width (stride 1 out, bev_channels), so the head is unchanged.
     decoder = SECONDFPN(m.bev_channels, d.layers, d.strides, d.channels, d.neck_channels, 1, m.bev_channels) \
         if d.layers else None
+    # training-only auxiliary head on the camera's BEV map (same layout as the fused head, its own weights)
+    aux = build_head(cfg) if camera is not None and m.camera.aux_head_weight > 0 else None
     return FusionDetector(lidar, camera, radar, build_fusion(cfg), build_head(cfg),
-                          depth_loss_weight=m.camera.depth_loss_weight, decoder=decoder)
+                          depth_loss_weight=m.camera.depth_loss_weight, decoder=decoder,
+                          camera_aux_head=aux, aux_head_weight=m.camera.aux_head_weight)
