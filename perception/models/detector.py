@@ -111,6 +111,10 @@ class FusionDetector(nn.Module):
                     t_g = targets._map(lambda t: t.index_select(0, idx.to(t.device)))
                     part = self.camera_aux_head.loss(p_g, t_g)
                     value = value + sum(part[name] for name in self.AUX_TERMS)
+                    # the other outputs (velocity, attributes) join with weight 0: every parameter
+                    # stays in the graph, as DDP without find_unused_parameters requires
+                    value = value + 0.0 * sum(v for name, v in part.items()
+                                              if name not in self.AUX_TERMS and name != "total")
                 value = self.aux_head_weight * value / len(groups)
         return {**terms, "camera_aux": value, "total": terms["total"] + value}
 
