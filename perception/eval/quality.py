@@ -119,11 +119,13 @@ def _depth_of(out: str) -> Optional[Dict]:
 # Synthetic models: name -> (config, overrides beyond the seed). "*_prev" is the recipe before LiDAR
 # depth supervision and the camera-aware depth net (issue 14), trained side by side on the same data,
 # budget and seed, so the table shows what the change buys.
-PREVIOUS_CAMERA_RECIPE = ["model.camera.depth_loss_weight=0", "model.camera.camera_aware=false"]
+PREVIOUS_CAMERA_RECIPE = ["model.camera.depth_loss_weight=0", "model.camera.camera_aware=false",
+                          "model.camera.aux_head_weight=0"]
 # The fusion_tiny recipe before issue 15 (z range in the LiDAR convention, the car's own LiDAR
 # returns kept, crops over the whole margin, no BEV decoder, loss weights 1, 3 x 3 peaks for every
 # class, attributes over all families), for the side-by-side "fusion_r14" row.
 PREVIOUS_DETECTOR_RECIPE = [
+    "model.camera.aux_head_weight=0",
     "grid.point_cloud_range=[-51.2, -51.2, -5.0, 51.2, 51.2, 3.0]", "grid.voxel_size=[0.4, 0.4, 8.0]",
     "sync.lidar_remove_close=0", "train.augment.image_crop_jitter=[0.0, 1.0]",
     "model.decoder.layers=[]", "model.decoder.strides=[]", "model.decoder.channels=[]",
