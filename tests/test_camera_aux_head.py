@@ -21,7 +21,7 @@ def _batch(cfg, seed=0, camera=(True, True)):
 
 
 def test_no_aux_head_unless_weighted():
-    assert build_model(micro_cfg()).camera_aux_head is None
+    assert build_model(micro_cfg("model.camera.aux_head_weight=0")).camera_aux_head is None
     model = build_model(micro_cfg("model.camera.aux_head_weight=0.5"))
     assert model.camera_aux_head is not None and model.aux_head_weight == 0.5
     # a model without cameras has nothing to attach it to
@@ -108,7 +108,7 @@ def test_inference_does_not_depend_on_the_aux_head():
     do not matter at inference."""
     torch.manual_seed(0)
     with_aux = build_model(micro_cfg("model.camera.aux_head_weight=1.0")).eval()
-    plain = build_model(micro_cfg()).eval()
+    plain = build_model(micro_cfg("model.camera.aux_head_weight=0")).eval()
     state = {k: v for k, v in with_aux.state_dict().items() if not k.startswith("camera_aux_head.")}
     plain.load_state_dict(state)
     batch = random_batch(micro_cfg(), with_gt=False)
