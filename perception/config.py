@@ -312,6 +312,11 @@ class HeadConfig:
     # least this (m/s) gets, of the two headings on its regressed axis, the one along its velocity.
     # 0: off (the heading from the yaw regression and the direction bin alone).
     heading_min_speed: float = 0.0
+    # Decoding: after NMS each task (heatmap head) keeps at most this many boxes, the best first, before
+    # the sample's max_objects (CenterPoint's post_max_size 83 per task: 6 x 83 <= the devkit's 500).
+    # Without it one class's flat low-score heatmap (pedestrians decoded with 1 x 1 peaks) fills all
+    # 500 slots and pushes every other class's boxes out. 0: no quota (the recipe before issue 14's fix).
+    max_per_task: int = 0
 
 
 @dataclass
@@ -380,6 +385,9 @@ class ModelConfig:
             v = getattr(self.head, name)
             if not (v >= 0 and math.isfinite(v)):
                 raise ConfigError(f"{where}: model.head.{name} must be a finite number >= 0, got {v}")
+        if not (isinstance(self.head.max_per_task, int) and self.head.max_per_task >= 0):
+            raise ConfigError(f"{where}: model.head.max_per_task must be an integer >= 0 (0: no quota), "
+                              f"got {self.head.max_per_task!r}")
         d = self.decoder
         lens = {name: len(getattr(d, name)) for name in ("layers", "strides", "channels", "neck_channels")}
         if len(set(lens.values())) != 1:

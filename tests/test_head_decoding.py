@@ -110,12 +110,40 @@ def test_decoder_keeps_the_fused_grid_and_is_optional():
     assert off.decoder is None
 
 
+def test_per_task_quota_keeps_other_classes_from_a_flat_heatmap():
+    """A pedestrian heatmap stuck near its initial prior (every cell a 1 x 1 peak at 0.13) outranks five
+    cars at 0.12: without a quota its boxes take all max_objects slots and no car is decoded; with
+    CenterPoint's per-task quota each task keeps its own best boxes."""
+    cfg, head = _head("model.head.max_per_task=0")
+    H, W = cfg.bev_shape
+    assert H * W > head.max_objects  # the flat map alone can fill every slot
+    preds = _empty_preds(head, H, W)
+    ped_task = next(t for t, ids in enumerate(head.task_class_ids) if CLASS_TO_ID["pedestrian"] in ids)
+    j = head.task_class_ids[ped_task].index(CLASS_TO_ID["pedestrian"])
+    ramp = torch.linspace(0.0, 0.05, H * W).reshape(H, W)  # distinct scores, all above the cars'
+    preds[ped_task]["heatmap"][0, j] = float(np.log(0.13 / 0.87)) + ramp
+    cars = [(8 * i + 4, 8 * i + 4) for i in range(5)]  # 6.4 m apart: no NMS between them
+    for y, x in cars:
+        _put_peak(head, preds, "car", y, x, float(np.log(0.12 / 0.88)))
+    det = head.decode(preds, ["s"], [0])[0].boxes
+    assert len(det.labels) == head.max_objects and not np.any(det.labels == CLASS_TO_ID["car"])
+    _, quota = _head("model.head.max_per_task=20")
+    det = quota.decode(preds, ["s"], [0])[0].boxes
+    assert int(np.sum(det.labels == CLASS_TO_ID["car"])) == len(cars)
+    assert int(np.sum(det.labels == CLASS_TO_ID["pedestrian"])) == 20
+    # the kept pedestrians are the task's 20 best
+    best = torch.sigmoid(preds[ped_task]["heatmap"][0, j]).flatten().topk(20).values.numpy()
+    kept = np.sort(det.scores[det.labels == CLASS_TO_ID["pedestrian"]])[::-1]
+    np.testing.assert_allclose(kept, best, rtol=1e-6)
+
+
 @pytest.mark.parametrize("bad, field", [
     (["model.decoder.strides=[1]"], "model.decoder.layers, strides"),
     (["model.decoder.strides=[1, 3]"], "powers of 2"),
     (["model.head.peak_kernel=[3, 3]"], "model.head.peak_kernel"),
     (["model.head.peak_kernel=[3, 3, 3, 3, 3, 2, 3, 3, 1, 3]"], "model.head.peak_kernel"),
     (["model.decoder.strides=[1, 128]"], "do not divide the fused BEV grid"),
+    (["model.head.max_per_task=-1"], "model.head.max_per_task"),
 ])
 def test_decoder_and_peak_config_errors_name_the_field(bad, field):
     with pytest.raises(ConfigError, match=field):

@@ -63,7 +63,7 @@ class CenterHead(nn.Module):
                  max_objects: int = 500, top_k: int = 500, score_threshold: float = 0.1,
                  nms_radius: Sequence[float] = (1.0,) * 10, peak_kernel: Sequence[int] = (3,) * 10,
                  attributes_in_family: bool = False, direction_classifier: bool = False,
-                 heading_min_speed: float = 0.0):
+                 heading_min_speed: float = 0.0, max_per_task: int = 0):
         super().__init__()
         self.tasks = [list(t) for t in tasks]
         self.task_class_ids = [[CLASSES.index(c) for c in t] for t in self.tasks]
@@ -73,6 +73,11 @@ class CenterHead(nn.Module):
         self.weights = dict(weights)
         self.min_radius, self.overlap = min_radius, gaussian_overlap
         self.max_objects, self.top_k, self.score_threshold = max_objects, top_k, score_threshold
+        self.max_per_task = max_per_task
+        # int64[n_classes]: the task (heatmap head) that decodes each class
+        self.task_of_class = np.zeros(len(CLASSES), np.int64)
+        for t, ids in enumerate(self.task_class_ids):
+            self.task_of_class[ids] = t
         self.nms_radius = list(nms_radius)
         # per task: (kernel, channels of the task's heatmap that use it)
         self.peak_groups = [[(k, [j for j, c in enumerate(ids) if peak_kernel[c] == k])
@@ -385,6 +390,13 @@ class CenterHead(nn.Module):
                 keep = np.asarray(circle_nms(rows[idx, :9], rows[idx, 9], self.nms_radius[c]))
                 kept.append(idx[keep])
             rows = rows[np.concatenate(kept)] if kept else rows[:0]
+            if self.max_per_task > 0:  # each task's best max_per_task boxes (CenterPoint's post_max_size)
+                task = self.task_of_class[rows[:, 10].astype(np.int64)]
+                quota = np.zeros(len(rows), bool)
+                for t in np.unique(task):
+                    idx = np.nonzero(task == t)[0]
+                    quota[idx[np.argsort(-rows[idx, 9], kind="stable")[: self.max_per_task]]] = True
+                rows = rows[quota]
             rows = rows[np.argsort(-rows[:, 9], kind="stable")][: self.max_objects]
             labels = rows[:, 10].astype(np.int64)
             attrs = rows[:, 11].astype(np.int64)
@@ -456,4 +468,4 @@ def build_head(cfg) -> CenterHead:
     return CenterHead(m.bev_channels, hc.channels, hc.tasks, g.point_cloud_range, cell, cfg.bev_shape, weights,
                       hc.min_radius, hc.gaussian_overlap, hc.max_objects, hc.top_k, hc.score_threshold,
                       hc.nms_radius, hc.peak_kernel, hc.attributes_in_family, hc.direction_classifier,
-                      hc.heading_min_speed)
+                      hc.heading_min_speed, hc.max_per_task)
