@@ -315,8 +315,8 @@ class HeadConfig:
     # Decoding: after NMS each task (heatmap head) keeps at most this many boxes, the best first, before
     # the sample's max_objects (CenterPoint's post_max_size 83 per task: 6 x 83 <= the devkit's 500).
     # Without it one class's flat low-score heatmap (pedestrians decoded with 1 x 1 peaks) fills all
-    # 500 slots and pushes every other class's boxes out. 0: no quota (the recipe before issue 14's fix).
-    max_per_task: int = 0
+    # 500 slots and pushes every other class's boxes out. 0: no quota (the recipe before it).
+    max_per_task: int = 83
 
 
 @dataclass

@@ -131,7 +131,8 @@ PREVIOUS_DETECTOR_RECIPE = [
     "model.decoder.layers=[]", "model.decoder.strides=[]", "model.decoder.channels=[]",
     "model.decoder.neck_channels=[]", "model.head.weight_offset=1.0", "model.head.weight_height=1.0",
     "model.head.weight_size=1.0", "model.head.weight_yaw=1.0", "model.head.weight_velocity=0.2",
-    "model.head.peak_kernel=[3, 3, 3, 3, 3, 3, 3, 3, 3, 3]", "model.head.attributes_in_family=false"]
+    "model.head.peak_kernel=[3, 3, 3, 3, 3, 3, 3, 3, 3, 3]", "model.head.attributes_in_family=false",
+    "model.head.max_per_task=0"]
 SYNTHETIC_MODELS = {
     "fusion": ("fusion_tiny.yaml", []),
     "fusion_r14": ("fusion_tiny.yaml", PREVIOUS_DETECTOR_RECIPE),
