@@ -190,6 +190,10 @@ class CameraEncoderConfig:
         size, yaw), so the camera branch is taught to find objects even when the LiDAR already
         answers the fused head; training only (the auxiliary head never runs at inference); 0 = none.
         Only samples that have a camera image take the loss.
+    aux_detach_depth: the auxiliary head reads a second lift of the same image features whose depth
+        distribution is detached, so its gradient trains the context features and the backbone but not
+        the depth (which then learns from the depth loss and the fused head only); training only, one
+        more splat and BEV-encoder pass per step; false = one shared lift.
     """
 
     image_size: List[int] = field(default_factory=lambda: [256, 704])
@@ -202,6 +206,7 @@ class CameraEncoderConfig:
     camera_aware: bool = True
     depth_loss_weight: float = 3.0
     aux_head_weight: float = 0.0
+    aux_detach_depth: bool = False
 
     def validate(self, where: str) -> None:
         # checked before unpacking below: a short list would otherwise end in a bare unpacking error

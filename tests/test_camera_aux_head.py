@@ -121,3 +121,27 @@ def test_inference_does_not_depend_on_the_aux_head():
     for da, db in zip(a, b):
         assert np.array_equal(da.boxes.boxes, db.boxes.boxes)
         assert np.array_equal(da.boxes.scores, db.boxes.scores)
+
+
+def test_detached_depth_keeps_the_aux_gradient_off_the_depth_only():
+    """model.camera.aux_detach_depth: the aux loss has the same value (the second lift has the same
+    numbers), its gradient reaches the context rows of the depth net and the backbone, and none reaches
+    the depth rows; with the shared lift it reaches both."""
+    grads, values = {}, {}
+    for detach in (False, True):
+        cfg = micro_cfg("model.camera.aux_head_weight=1.0", "model.camera.depth_loss_weight=0",
+                        "model.camera.camera_aware=false", f"model.camera.aux_detach_depth={str(detach).lower()}")
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        torch.manual_seed(1)
+        terms = compute_losses(model, model, _batch(cfg), "sample")
+        terms["camera_aux"].backward()
+        D = model.camera.depth_net.num_depth
+        g = model.camera.depth_net.out.weight.grad
+        grads[detach] = (g[:D].abs().sum().item(), g[D:].abs().sum().item(),
+                         model.camera.backbone.conv1.weight.grad.abs().sum().item())
+        values[detach] = float(terms["camera_aux"].detach())
+    assert values[True] == values[False] > 0
+    depth_rows, context_rows, backbone = grads[True]
+    assert depth_rows == 0.0 and context_rows > 0 and backbone > 0
+    assert grads[False][0] > 0

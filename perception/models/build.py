@@ -26,4 +26,5 @@ def build_model(cfg: Config) -> FusionDetector:
     aux = build_head(cfg) if camera is not None and m.camera.aux_head_weight > 0 else None
     return FusionDetector(lidar, camera, radar, build_fusion(cfg), build_head(cfg),
                           depth_loss_weight=m.camera.depth_loss_weight, decoder=decoder,
-                          camera_aux_head=aux, aux_head_weight=m.camera.aux_head_weight)
+                          camera_aux_head=aux, aux_head_weight=m.camera.aux_head_weight,
+                          aux_detach_depth=m.camera.aux_detach_depth)

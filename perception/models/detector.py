@@ -31,7 +31,7 @@ class FusionDetector(nn.Module):
     def __init__(self, lidar: Optional[nn.Module], camera: Optional[nn.Module], radar: Optional[nn.Module],
                  fusion: nn.Module, head: nn.Module, depth_loss_weight: float = 0.0,
                  decoder: Optional[nn.Module] = None, camera_aux_head: Optional[nn.Module] = None,
-                 aux_head_weight: float = 0.0):
+                 aux_head_weight: float = 0.0, aux_detach_depth: bool = False):
         super().__init__()
         self.lidar, self.camera, self.radar = lidar, camera, radar
         self.depth_loss_weight = float(depth_loss_weight) if camera is not None else 0.0
@@ -40,6 +40,8 @@ class FusionDetector(nn.Module):
         self.head = head
         self.camera_aux_head = camera_aux_head if camera is not None else None
         self.aux_head_weight = float(aux_head_weight) if self.camera_aux_head is not None else 0.0
+        # the auxiliary head reads a lift with the depth detached (see CameraEncoderConfig.aux_detach_depth)
+        self.aux_detach_depth = bool(aux_detach_depth) and self.camera_aux_head is not None
 
     @property
     def modalities(self) -> List[str]:
@@ -54,9 +56,16 @@ class FusionDetector(nn.Module):
         depth = None
         if self.lidar is not None:
             feats[0] = self.lidar(batch.lidar_points)
+        camera_bev = None
         if self.camera is not None:
-            feats[1], depth = self.camera(batch.images, batch.intrinsics, batch.img_aug, batch.T_ego_from_cam,
-                                          batch.camera_mask, return_depth=True)
+            if return_camera_bev and self.aux_detach_depth:
+                feats[1], depth, camera_bev = self.camera(batch.images, batch.intrinsics, batch.img_aug,
+                                                          batch.T_ego_from_cam, batch.camera_mask, return_depth=True,
+                                                          detached_depth_map=True)
+            else:
+                feats[1], depth = self.camera(batch.images, batch.intrinsics, batch.img_aug, batch.T_ego_from_cam,
+                                              batch.camera_mask, return_depth=True)
+                camera_bev = feats[1]
         if self.radar is not None:
             feats[2] = self.radar(batch.radar_points)
         for m, f in enumerate(feats):
@@ -65,7 +74,7 @@ class FusionDetector(nn.Module):
         fused = self.fusion(feats, present)
         if self.decoder is not None:
             fused = self.decoder(fused)
-        out = (fused,) + ((depth,) if return_depth else ()) + ((feats[1],) if return_camera_bev else ())
+        out = (fused,) + ((depth,) if return_depth else ()) + ((camera_bev,) if return_camera_bev else ())
         return out if len(out) > 1 else fused
 
     def forward(self, batch: Batch, return_depth: bool = False, return_aux: bool = False):

@@ -326,7 +326,8 @@ class LiftSplatEncoder(nn.Module):
         return bev_pool(feats, geometry)
 
     def forward(self, images: torch.Tensor, intrinsics: torch.Tensor, img_aug: torch.Tensor,
-                T_ego_from_cam: torch.Tensor, camera_mask: torch.Tensor, return_depth: bool = False):
+                T_ego_from_cam: torch.Tensor, camera_mask: torch.Tensor, return_depth: bool = False,
+                detached_depth_map: bool = False):
         """Camera BEV features float[B, out_channels, Hb, Wb], rows = ego y, cols = ego x
         (and the ``CameraDepth`` it lifted with, when ``return_depth``; None without any camera).
 
@@ -336,6 +337,9 @@ class LiftSplatEncoder(nn.Module):
         T_ego_from_cam: float32[B, N, 4, 4] camera -> ego frame at the reference time, metres
         camera_mask: bool[B, N] camera present; absent images are not run through the network and
             a sample without any camera gives an all-zero map
+        detached_depth_map: also return, last, a second map float[B, out_channels, Hb, Wb] lifted from the
+            same features with the depth distribution detached (the auxiliary head's input when its
+            gradient must not train the depth; the first map is unchanged)
         """
         B, N, _, H, W = images.shape
         if (H, W) != self.image_size:
@@ -355,16 +359,20 @@ class LiftSplatEncoder(nn.Module):
                                                       self.cell_rays(K, A, T))
                 empty = self.bev_encoder(context.new_zeros(0, self.context_channels, Hb, Wb))
                 out = out + 0.0 * (logits.sum() + context.sum() + empty.sum()).to(out.dtype)
-            return (out, None) if return_depth else out
+            res = (out, None) if return_depth else (out,)
+            return res + (out,) if detached_depth_map else (res if return_depth else out)
         logits, context = self.image_features(images[b_idx, n_idx], camera_params(K, A, T, self.image_size),
                                               self.cell_rays(K, A, T))
-        bev = self.splat(logits.softmax(dim=1), context, K, A, T, b_idx, B)
-        out = self.bev_encoder(bev)
+        prob = logits.softmax(dim=1)
         # The norms' biases would make an empty canvas non-zero: a sample without cameras must read
         # as "no camera information" to the fusion.
+        out = self.bev_encoder(self.splat(prob, context, K, A, T, b_idx, B))
         has_camera = camera_mask.any(dim=1).to(out.dtype).view(B, 1, 1, 1)
         out = out * has_camera
-        return (out, CameraDepth(logits, b_idx, n_idx)) if return_depth else out
+        res = (out, CameraDepth(logits, b_idx, n_idx)) if return_depth else (out,)
+        if detached_depth_map:  # same values as out; its gradient reaches the context, not the depth
+            res = res + (self.bev_encoder(self.splat(prob.detach(), context, K, A, T, b_idx, B)) * has_camera,)
+        return res if len(res) > 1 else out
 
 
 def _images_in_group(b_idx: torch.Tensor) -> bool:
