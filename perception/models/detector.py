@@ -58,14 +58,11 @@ class FusionDetector(nn.Module):
             feats[0] = self.lidar(batch.lidar_points)
         camera_bev = None
         if self.camera is not None:
-            if return_camera_bev and self.aux_detach_depth:
-                feats[1], depth, camera_bev = self.camera(batch.images, batch.intrinsics, batch.img_aug,
-                                                          batch.T_ego_from_cam, batch.camera_mask, return_depth=True,
-                                                          detached_depth_map=True)
-            else:
-                feats[1], depth = self.camera(batch.images, batch.intrinsics, batch.img_aug, batch.T_ego_from_cam,
-                                              batch.camera_mask, return_depth=True)
-                camera_bev = feats[1]
+            detached = return_camera_bev and self.aux_detach_depth
+            res = self.camera(batch.images, batch.intrinsics, batch.img_aug, batch.T_ego_from_cam, batch.camera_mask,
+                              return_depth=True, detached_depth_map=detached)
+            feats[1], depth = res[0], res[1]
+            camera_bev = res[2] if detached else feats[1]
         if self.radar is not None:
             feats[2] = self.radar(batch.radar_points)
         for m, f in enumerate(feats):

@@ -359,20 +359,25 @@ class LiftSplatEncoder(nn.Module):
                                                       self.cell_rays(K, A, T))
                 empty = self.bev_encoder(context.new_zeros(0, self.context_channels, Hb, Wb))
                 out = out + 0.0 * (logits.sum() + context.sum() + empty.sum()).to(out.dtype)
-            res = (out, None) if return_depth else (out,)
-            return res + (out,) if detached_depth_map else (res if return_depth else out)
+            return _pack(out, None, out, return_depth, detached_depth_map)
         logits, context = self.image_features(images[b_idx, n_idx], camera_params(K, A, T, self.image_size),
                                               self.cell_rays(K, A, T))
         prob = logits.softmax(dim=1)
+        out = self.bev_encoder(self.splat(prob, context, K, A, T, b_idx, B))
         # The norms' biases would make an empty canvas non-zero: a sample without cameras must read
         # as "no camera information" to the fusion.
-        out = self.bev_encoder(self.splat(prob, context, K, A, T, b_idx, B))
         has_camera = camera_mask.any(dim=1).to(out.dtype).view(B, 1, 1, 1)
         out = out * has_camera
-        res = (out, CameraDepth(logits, b_idx, n_idx)) if return_depth else (out,)
+        detached = None
         if detached_depth_map:  # same values as out; its gradient reaches the context, not the depth
-            res = res + (self.bev_encoder(self.splat(prob.detach(), context, K, A, T, b_idx, B)) * has_camera,)
-        return res if len(res) > 1 else out
+            detached = self.bev_encoder(self.splat(prob.detach(), context, K, A, T, b_idx, B)) * has_camera
+        return _pack(out, CameraDepth(logits, b_idx, n_idx), detached, return_depth, detached_depth_map)
+
+
+def _pack(out, depth, detached, return_depth: bool, detached_depth_map: bool):
+    """LiftSplatEncoder.forward's result: out alone, or (out[, depth][, detached]) as asked."""
+    res = (out,) + ((depth,) if return_depth else ()) + ((detached,) if detached_depth_map else ())
+    return res if len(res) > 1 else out
 
 
 def _images_in_group(b_idx: torch.Tensor) -> bool:
