@@ -477,6 +477,8 @@ class TrainConfig:
         (sample, class) pairs; drawn from (seed, epoch), so resumable like the plain order
         (``engine.dataset.ClassBalancedSampler``). An epoch grows to about the number of
         (sample, class) pairs: several times the samples on nuScenes, so ``epochs`` buys that much more
+    camera_lr_scale: the camera branch's peak learning rate (its encoder and its auxiliary head) as a
+        multiple of ``lr``; every other parameter trains at ``lr`` (1: one rate for the whole model)
     """
 
     split: str = "train"
@@ -504,6 +506,7 @@ class TrainConfig:
     sync_bn: bool = True
     cache_dir: str = ""
     cbgs: bool = False
+    camera_lr_scale: float = 1.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self, where: str) -> None:
@@ -523,6 +526,8 @@ class TrainConfig:
             raise ConfigError(f"{where}: train.lr must be > 0, train.weight_decay and train.grad_clip >= 0")
         if not 0.0 < self.pct_start < 1.0:
             raise ConfigError(f"{where}: train.pct_start must be in (0, 1)")
+        if not self.camera_lr_scale > 0:
+            raise ConfigError(f"{where}: train.camera_lr_scale must be > 0, got {self.camera_lr_scale}")
         self.augment.validate(where)
 
 
