@@ -123,7 +123,8 @@ PREVIOUS_CAMERA_RECIPE = ["model.camera.depth_loss_weight=0", "model.camera.came
                           "model.camera.aux_head_weight=0"]
 # The fusion_tiny recipe before issue 15 (z range in the LiDAR convention, the car's own LiDAR
 # returns kept, crops over the whole margin, no BEV decoder, loss weights 1, 3 x 3 peaks for every
-# class, attributes over all families), for the side-by-side "fusion_r14" row.
+# class, attributes over all families, no decode quota, one peak rate of 0.002 for every parameter),
+# for the side-by-side "fusion_r14" row.
 PREVIOUS_DETECTOR_RECIPE = [
     "model.camera.aux_head_weight=0",
     "grid.point_cloud_range=[-51.2, -51.2, -5.0, 51.2, 51.2, 3.0]", "grid.voxel_size=[0.4, 0.4, 8.0]",
@@ -132,7 +133,7 @@ PREVIOUS_DETECTOR_RECIPE = [
     "model.decoder.neck_channels=[]", "model.head.weight_offset=1.0", "model.head.weight_height=1.0",
     "model.head.weight_size=1.0", "model.head.weight_yaw=1.0", "model.head.weight_velocity=0.2",
     "model.head.peak_kernel=[3, 3, 3, 3, 3, 3, 3, 3, 3, 3]", "model.head.attributes_in_family=false",
-    "model.head.max_per_task=0"]
+    "model.head.max_per_task=0", "train.lr=0.002", "train.camera_lr_scale=1.0"]
 SYNTHETIC_MODELS = {
     "fusion": ("fusion_tiny.yaml", []),
     "fusion_r14": ("fusion_tiny.yaml", PREVIOUS_DETECTOR_RECIPE),
