@@ -26,8 +26,23 @@ def _group_lrs(opt, camera):
     return cam, rest
 
 
+def _run_plan(opt, sched, camera, ratio, steps=10):
+    """Steps the plan; checks the camera's rate is ``ratio`` x the rest's at every step; returns the
+    highest rate each side reached."""
+    highest = {"camera": 0.0, "rest": 0.0}
+    for step in range(steps):
+        cam, rest = _group_lrs(opt, camera)
+        assert len(cam) == 1 and len(rest) == 1, (step, cam, rest)
+        c, r = cam.pop(), rest.pop()
+        assert c == pytest.approx(ratio * r)
+        highest = {"camera": max(c, highest["camera"]), "rest": max(r, highest["rest"])}
+        opt.step()
+        sched.step()
+    return highest
+
+
 def test_scale_one_keeps_one_rate_and_the_two_groups_of_before():
-    cfg = micro_cfg("train.lr=0.002")
+    cfg = micro_cfg("train.lr=0.002", "train.camera_lr_scale=1.0")
     model = build_model(cfg)
     opt = build_optimizer(model, cfg)
     assert len(opt.param_groups) == 2
@@ -46,16 +61,7 @@ def test_camera_branch_trains_at_its_own_peak_through_the_one_cycle_plan():
     # every trainable parameter in exactly one group; the camera's at three times the rest's rate
     seen = [id(p) for g in opt.param_groups for p in g["params"]]
     assert sorted(seen) == sorted(_ids(model))
-    sched = build_scheduler(opt, cfg, 10)
-    peaks = {}
-    for step in range(10):
-        cam, rest = _group_lrs(opt, camera)
-        assert len(cam) == 1 and len(rest) == 1, (step, cam, rest)
-        c, r = cam.pop(), rest.pop()
-        assert c == pytest.approx(3.0 * r)
-        peaks = {"camera": max(c, peaks.get("camera", 0.0)), "rest": max(r, peaks.get("rest", 0.0))}
-        opt.step()
-        sched.step()
+    peaks = _run_plan(opt, build_scheduler(opt, cfg, 10), camera, 3.0)
     # the end of the warmup reaches each group's own peak
     assert peaks == {"camera": pytest.approx(0.006), "rest": pytest.approx(0.002)}
 
@@ -74,15 +80,8 @@ def test_camera_peak_survives_a_checkpoint_round_trip():
     saved = opt.state_dict()
     opt2 = build_optimizer(model, cfg)
     opt2.load_state_dict(saved)
-    sched2 = build_scheduler(opt2, cfg, 10)  # what --extend does: a fresh plan from the saved groups
-    highest = {}
-    for _ in range(10):
-        cam, rest = _group_lrs(opt2, camera)
-        c, r = cam.pop(), rest.pop()
-        assert c == pytest.approx(2.0 * r)
-        highest = {"camera": max(c, highest.get("camera", 0.0)), "rest": max(r, highest.get("rest", 0.0))}
-        opt2.step()
-        sched2.step()
+    # what --extend does: a fresh plan from the saved groups
+    highest = _run_plan(opt2, build_scheduler(opt2, cfg, 10), camera, 2.0)
     # each group's own peak, not the rate the saved state held
     assert highest == {"camera": pytest.approx(0.004), "rest": pytest.approx(0.002)}
 
