@@ -3,7 +3,6 @@ reference (``CenterHead.targets``) bit for bit: on augmented samples of the synt
 real keyframes, on edge cases (cell borders, the map edge, zero sizes, NaN velocities, more boxes
 than slots), through collation and the DataLoader's workers; and the training losses are the same
 whichever path built them."""
-import os
 
 import numpy as np
 import pytest
@@ -18,7 +17,6 @@ from perception.structures import CLASSES
 from conftest import PROJECT, REAL_VERSION, require_real_root
 from test_model import MICRO
 
-SYNTHETIC = os.path.join(PROJECT, "work", "data", "synthetic")
 FIELDS = ("indices", "mask", "task_of", "regression", "velocity_valid", "attributes")
 
 
@@ -41,10 +39,13 @@ def reference(head, samples) -> HeadTargets:
 
 @pytest.fixture(scope="module")
 def synthetic_plans(tmp_path_factory):
-    if not os.path.isdir(os.path.join(SYNTHETIC, "v1.0-trainval")):
-        pytest.skip(f"synthetic root not generated at {SYNTHETIC} (tools/make_synthetic.py)")
-    cfg = synthetic_cfg()
-    return build_index(SYNTHETIC, "v1.0-trainval", "train", cfg, str(tmp_path_factory.mktemp("cache")))
+    """Plans of a small synthetic drive generated here (one 4 s train scene of the tiny preset), so the
+    test runs the same on a fresh clone as beside a generated ``work/data``."""
+    from perception.data.synthetic import generate, preset
+
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    generate(root, preset("tiny", train_scenes=1, val_scenes=0, duration_s=4.0), seed=5)
+    return build_index(root, "v1.0-trainval", "train", synthetic_cfg(), str(tmp_path_factory.mktemp("cache")))
 
 
 def synthetic_cfg(*extra):
