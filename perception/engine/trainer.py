@@ -88,23 +88,24 @@ def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimize
     != 1 the camera branch (encoder and auxiliary head) gets its own two groups at lr x scale; each
     group's ``peak_lr`` (kept in checkpoints; ``lr`` is the current rate) is what the schedule scales."""
     t = cfg.train
-    bare = getattr(model, "module", model)  # DDP wraps the detector
-    camera_ids = set()
+    camera = set()
     if t.camera_lr_scale != 1.0:
-        for name in ("camera", "camera_aux_head"):
-            part = getattr(bare, name, None)
+        for part in (getattr(model, "camera", None), getattr(model, "camera_aux_head", None)):
             if part is not None:
-                camera_ids.update(id(p) for p in part.parameters())
+                camera.update(id(p) for p in part.parameters())
+    split = {False: ([], []), True: ([], [])}  # in the camera branch -> (decay, no_decay)
+    for p in model.parameters():
+        if p.requires_grad:
+            decay, no_decay = split[id(p) in camera]
+            (decay if p.ndim >= 2 else no_decay).append(p)
     groups = []
-    for scale, in_camera in ((1.0, False), (t.camera_lr_scale, True)):
-        decay, no_decay = [], []
-        for p in model.parameters():
-            if p.requires_grad and (id(p) in camera_ids) == in_camera:
-                (decay if p.ndim >= 2 else no_decay).append(p)
-        if in_camera and not (decay or no_decay):
+    for in_camera, scale in ((False, 1.0), (True, t.camera_lr_scale)):
+        decay, no_decay = split[in_camera]
+        if in_camera and not camera:
             continue  # one rate for the whole model: the two groups of before, checkpoints unchanged
-        groups += [{"params": decay, "weight_decay": t.weight_decay, "lr": t.lr * scale, "peak_lr": t.lr * scale},
-                   {"params": no_decay, "weight_decay": 0.0, "lr": t.lr * scale, "peak_lr": t.lr * scale}]
+        peak = t.lr * scale
+        groups += [{"params": decay, "weight_decay": t.weight_decay, "lr": peak, "peak_lr": peak},
+                   {"params": no_decay, "weight_decay": 0.0, "lr": peak, "peak_lr": peak}]
     if t.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=t.lr, momentum=0.9)
     return torch.optim.AdamW(groups, lr=t.lr, betas=(0.9, 0.999))
@@ -126,7 +127,8 @@ class _WarmupCosine:
 def build_scheduler(opt: torch.optim.Optimizer, cfg: Config, total_steps: int):
     t = cfg.train
     if t.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g.get("peak_lr", t.lr) for g in opt.param_groups], total_steps=max(total_steps, 2),
+        peaks = [g.get("peak_lr", t.lr) for g in opt.param_groups]  # checkpoints before peak_lr: one rate
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peaks, total_steps=max(total_steps, 2),
                                                    pct_start=t.pct_start, anneal_strategy="cos",
                                                    cycle_momentum=False, div_factor=10.0, final_div_factor=1e3)
     if t.schedule == "cosine":
