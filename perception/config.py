@@ -420,7 +420,14 @@ class AugmentConfig:
     image_crop_jitter: (min, max) of the vertical crop position (0 bottom, 1 top of the margin). Test
         time always crops at the bottom (0), so training draws near it: [0, 0] is BEVFusion's
         (bot_pct_lim [0, 0]); a wider range trains on horizons the test never shows
-    image_flip_prob: probability of a horizontal flip of each image
+    image_flip_prob: probability of a horizontal flip of each image, drawn per camera with the 3D labels
+        untouched: a flipped side-on car shows its front where its back is, so the flip teaches the
+        cameras that a car's look says nothing about its heading (the previous recipe)
+    image_flip_with_mirror: flip every image exactly when G mirrors the world (one of flip_x, flip_y):
+        a mirrored camera that also mirrors its image is a real (right-handed) camera looking at the
+        mirrored scene, so what each camera shows agrees with the mirrored boxes' headings. Without it
+        a mirror G leaves the images as they were and the cameras see un-mirrored cars labelled with
+        mirrored headings half the time. Needs image_flip_prob 0 (an independent flip undoes it)
     """
 
     enabled: bool = True
@@ -431,6 +438,7 @@ class AugmentConfig:
     image_scale_jitter: List[float] = field(default_factory=lambda: [0.94, 1.11])
     image_crop_jitter: List[float] = field(default_factory=lambda: [0.0, 0.0])
     image_flip_prob: float = 0.5
+    image_flip_with_mirror: bool = False
 
     def validate(self, where: str) -> None:
         for name in ("rot_range", "scale_range", "image_scale_jitter", "image_crop_jitter"):
@@ -444,6 +452,10 @@ class AugmentConfig:
         for name in ("flip_prob", "image_flip_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{where}: train.augment.{name} must be a probability in [0, 1]")
+        if self.image_flip_with_mirror and self.image_flip_prob > 0:
+            raise ConfigError(f"{where}: train.augment.image_flip_with_mirror flips the images with the world's "
+                              f"mirror; image_flip_prob must be 0 with it (got {self.image_flip_prob}), an "
+                              f"independent flip would undo that agreement")
         if len(self.translate_std) != 3 or min(self.translate_std) < 0:
             raise ConfigError(f"{where}: train.augment.translate_std needs 3 numbers >= 0")
 

@@ -193,3 +193,63 @@ def test_image_matrix_says_where_the_pixels_go(flip, scale, crop):
     predicted = (A @ [u0, v0, 1.0])[:2]
     # within a pixel: the image data layer resamples with OpenCV, whose pixel centres sit at integers
     assert np.abs(measured - predicted).max() <= 1.01, (measured, predicted)
+
+
+MIRROR = AugmentConfig(rot_range=[-math.pi, math.pi], scale_range=[0.8, 1.25], flip_prob=0.5,
+                       translate_std=[1.0, 1.0, 0.2], image_scale_jitter=[0.8, 1.3], image_crop_jitter=[0.0, 1.0],
+                       image_flip_prob=0.0, image_flip_with_mirror=True)
+
+
+def _box_axes_handedness(frame, img_aug):
+    """Per (box, camera): the sign of det[front, left, up] of each GT box's axes as the network's image
+    shows them: in the camera frame, with the camera x axis negated when the image is flipped. +1: the
+    camera shows the car as a real camera would; -1: it shows the car's mirror image."""
+    signs = []
+    for cam, A in zip(frame.cameras, img_aug):
+        R = cam.T_ego_from_cam[:3, :3]
+        flip = np.diag([-1.0 if A[0, 0] < 0 else 1.0, 1.0, 1.0])
+        for yaw in frame.gt.boxes[:, 6]:
+            axes = np.array([[math.cos(yaw), math.sin(yaw), 0.0], [-math.sin(yaw), math.cos(yaw), 0.0],
+                             [0.0, 0.0, 1.0]]).T  # columns: front, left, up in the (augmented) ego frame
+            signs.append(np.sign(np.linalg.det(flip @ np.linalg.solve(R, axes))))
+    return np.array(signs)
+
+
+def test_mirror_mode_flips_every_image_exactly_when_the_world_is_mirrored():
+    frame = _frame()
+    mirrored_seen = plain_seen = 0
+    for seed in range(40):
+        aug_frame, G, img_aug = augment_frame(frame, sample_rng(seed, 0, 0), MIRROR, CAMS, (128, 320))
+        mirrored = np.linalg.det(G[:3, :3]) < 0
+        assert [bool(A[0, 0] < 0) for A in img_aug] == [bool(mirrored)] * len(CAMS)
+        mirrored_seen += mirrored
+        plain_seen += not mirrored
+        # every camera shows every car as a real camera would (never its mirror image)
+        assert (_box_axes_handedness(aug_frame, img_aug) > 0).all()
+    assert mirrored_seen >= 5 and plain_seen >= 5
+    # un-augmented: the rig's cameras are real cameras (the check's baseline)
+    assert (_box_axes_handedness(frame, [resize_crop_matrix(W0, H0, (128, 320))] * len(CAMS)) > 0).all()
+
+
+def test_independent_flips_show_mirror_image_cars():
+    """The previous recipe (per-camera flips, labels untouched) shows cars mirrored in about half of the
+    (sample, camera) pairs: why a camera trained with it cannot learn a heading from a car's look."""
+    frame = _frame()
+    signs = []
+    for seed in range(40):
+        aug_frame, _, img_aug = augment_frame(frame, sample_rng(seed, 0, 0), STRONG, CAMS, (128, 320))
+        signs.append(_box_axes_handedness(aug_frame, img_aug))
+    signs = np.concatenate(signs)
+    assert 0.3 < (signs < 0).mean() < 0.7
+
+
+def test_mirror_mode_keeps_the_other_draws():
+    """The flip mode changes the flips only: G, scale and crop draws stay those of the same seed."""
+    frame = _frame()
+    for seed in range(6):
+        _, G0, a0 = augment_frame(frame, sample_rng(seed, 0, 0), STRONG, CAMS, (128, 320))
+        _, G1, a1 = augment_frame(frame, sample_rng(seed, 0, 0), MIRROR, CAMS, (128, 320))
+        np.testing.assert_array_equal(G0, G1)
+        for x, y in zip(a0, a1):
+            np.testing.assert_allclose(np.abs(x[:, 0]).sum(), np.abs(y[:, 0]).sum())  # same scale
+            np.testing.assert_allclose(x[1], y[1])  # same vertical resize and crop

@@ -45,6 +45,8 @@ OVERRIDE_CASES = [
     (["model.camera.depth_bins=[1, 2]"], ["--set model.camera.depth_bins=[1, 2]", "model.camera.depth_bins needs 3"]),
     (["model.bev_stride=0"], ["--set model.bev_stride=0", "model.bev_stride"]),
     (["model.lidar.backbone_layers=[1, 1]"], ["model.lidar.backbone_layers", "backbone_strides=3"]),
+    (["train.augment.image_flip_with_mirror=true", "train.augment.image_flip_prob=0.5"],
+     ["train.augment.image_flip_with_mirror", "image_flip_prob must be 0"]),
 ]
 
 

@@ -19,6 +19,13 @@ pixel: resize with a scale jitter, vertical crop jitter, horizontal flip) replac
 (``perception.data.batch.resize_crop_matrix``); the lift undoes it, so it changes what the network
 sees, never where a pixel's ray goes.
 
+Mirrors and images: when G mirrors the world (det G < 0) the camera transform ``G @ T_ego_from_cam``
+is left-handed, and an unflipped image under it shows each car as it was while its box's heading is
+mirrored: the cameras learn that a car's look says nothing about its heading. A mirrored camera
+whose image is also flipped horizontally is a real right-handed camera looking at the mirrored
+scene (``A R_cam diag(-1, 1, 1)`` is a rotation), so with ``image_flip_with_mirror`` every image is
+flipped exactly when G mirrors, and appearance and heading agree in every sample.
+
 Randomness: every draw comes from ``sample_rng(seed, epoch, index)``, so a sample's augmentation
 does not depend on the loader's worker count or order and is the same after a resume.
 """
@@ -109,11 +116,13 @@ def apply_global(frame: Frame, G: np.ndarray) -> Frame:
 
 
 def draw_image_aug(rng: np.random.Generator, cameras: Sequence[str], frame: Frame, image_size: Sequence[int],
-                   aug: AugmentConfig) -> List[np.ndarray]:
+                   aug: AugmentConfig, mirrored: bool = False) -> List[np.ndarray]:
     """Per configured camera (``cameras`` order) the original -> network pixel matrix float64[3, 3].
 
-    Draws are made for every configured camera, present or not, so one camera's absence does not
-    shift the others' augmentation.
+    mirrored: whether the sample's global transform mirrors the world (det G < 0); with
+    ``aug.image_flip_with_mirror`` it alone decides every image's horizontal flip.
+    Draws are made for every configured camera, present or not, and whatever decides the flip, so
+    one camera's absence or the flip mode does not shift the other draws.
     """
     from ..data.batch import resize_crop_matrix
 
@@ -123,6 +132,8 @@ def draw_image_aug(rng: np.random.Generator, cameras: Sequence[str], frame: Fram
         scale = rng.uniform(*aug.image_scale_jitter)
         crop = rng.uniform(*aug.image_crop_jitter)
         flip = bool(rng.random() < aug.image_flip_prob)
+        if aug.image_flip_with_mirror:
+            flip = mirrored
         cam = by_channel.get(ch)
         if cam is None:
             out.append(np.eye(3))
@@ -136,7 +147,7 @@ def augment_frame(frame: Frame, rng: np.random.Generator, aug: AugmentConfig, ca
                   image_size: Sequence[int]):
     """(augmented frame, G float64[4, 4], per-camera img_aug list) for one training sample."""
     G = draw_global_transform(rng, aug)
-    img_aug = draw_image_aug(rng, cameras, frame, image_size, aug)
+    img_aug = draw_image_aug(rng, cameras, frame, image_size, aug, mirrored=bool(np.linalg.det(G[:3, :3]) < 0))
     return apply_global(frame, G), G, img_aug
 
 
