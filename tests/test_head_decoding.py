@@ -53,6 +53,29 @@ def test_adjacent_pedestrians_and_cones_are_both_decoded(cls):
     assert int(np.sum(det_old.labels == CLASS_TO_ID[cls])) == 2
 
 
+@pytest.mark.parametrize("cls", ["pedestrian", "traffic_cone"])
+def test_duplicates_of_one_pedestrian_from_neighbouring_cells_merge(cls):
+    """A 1 x 1 peak filter lets the cell next to a pedestrian's peak through as well; when both cells'
+    offsets point at the same person (centres 0.5 m apart) the circle NMS keeps one box. CenterPoint's
+    0.42 m radius (the previous value) keeps both."""
+    cfg, head = _head()
+    H, W = cfg.bev_shape
+    cell = cfg.grid.voxel_size[0] * cfg.model.bev_stride
+    preds = _empty_preds(head, H, W)
+    _put_peak(head, preds, cls, 10, 10, 3.0)
+    _put_peak(head, preds, cls, 10, 11, 2.0)
+    for t in range(len(preds)):  # x offsets: the first box at 10.7 cells, the second at 10.7 + 0.5 m
+        preds[t]["offset"][0, 0, 10, 10] = 0.7
+        preds[t]["offset"][0, 0, 10, 11] = 0.7 + 0.5 / cell - 1.0
+    det = head.decode(preds, ["s"], [0])[0].boxes
+    kept = det.labels == CLASS_TO_ID[cls]
+    assert int(np.sum(kept)) == 1 and float(det.scores[kept][0]) > 0.9
+    old_radius = list(cfg.model.head.nms_radius)
+    old_radius[CLASS_TO_ID[cls]] = 0.42
+    _, old = _head(f"model.head.nms_radius={old_radius}")
+    assert int(np.sum(old.decode(preds, ["s"], [0])[0].boxes.labels == CLASS_TO_ID[cls])) == 2
+
+
 def test_cars_in_neighbouring_cells_still_suppressed():
     cfg, head = _head()
     H, W = cfg.bev_shape
