@@ -42,3 +42,14 @@ def test_markdown_shows_the_credit_and_the_adjusted_nds():
     row = next(line for line in text.splitlines() if line.startswith("| fusion |"))
     assert f"| {m['NDS_no_ap0']:.4f} |" in row
     assert "fusion +" in text and "(motorcycle)" in text
+
+
+def test_report_summary_shows_the_credit():
+    from perception.eval.report import summary_lines
+
+    errs = {"car": dict(zip(METRICS, (0.2, 0.2, 0.2, 0.2, 0.2))),
+            "traffic_cone": dict(zip(METRICS, (0.4, 0.8, NAN, NAN, NAN)))}
+    lines = summary_lines(_summary({"car": 0.5, "traffic_cone": 0.0}, errs, nds=0.3))
+    credit = (0.6 / 2 + 0.2 / 2) / 10
+    assert f"| NDS from AP-0 classes' TP errors | {credit:.4f} (traffic_cone) |" in lines
+    assert f"| NDS, AP-0 classes' TP errors at 1 | {0.3 - credit:.4f} |" in lines

@@ -32,6 +32,7 @@ import time
 from typing import Dict, List, Optional
 
 from ..fileio import write_text_atomic
+from .report import ap0_tp_credit
 
 # the real-data fit: augmentation and modality dropout off (see run_quality)
 REAL_FIT_OVERRIDES = ["train.augment.enabled=false", "model.fusion.dropout_lidar=0", "model.fusion.dropout_camera=0",
@@ -99,22 +100,11 @@ def _metrics(summary: Dict, depth: Optional[Dict] = None) -> Dict[str, float]:
            "mATE": round(float(tp["trans_err"]), 4), "mAOE": round(float(tp["orient_err"]), 4),
            "mAVE": round(float(tp["vel_err"]), 4), "car_AOE": round(float(car["orient_err"]), 4),
            "car_AVE": round(float(car["vel_err"]), 4)}
-    # The devkit scores a class's TP errors once its boxes reach 10% recall, precision aside: a class
-    # the model never finds (AP 0) can still lower the TP errors with junk boxes near its objects,
-    # worth up to ~0.01 NDS here; which classes and how much, so that NDS differences can be read.
-    free, worth = [], 0.0
-    errs = summary["label_tp_errors"]
-    for cls, ap in summary["mean_dist_aps"].items():
-        if ap > 0 or not any(0 <= v < 1 for v in errs[cls].values() if v == v):
-            continue
-        free.append(cls)
-        for metric in tp:
-            n = sum(1 for c in errs if errs[c][metric] == errs[c][metric])  # classes the metric is defined for
-            v = errs[cls][metric]
-            if v == v and n:
-                worth += (1.0 - min(1.0, v)) / n
+    # Classes never found (AP 0) that still lower NDS's TP errors with junk boxes (see ap0_tp_credit):
+    # worth up to ~0.06 NDS here; which classes and how much, so that NDS differences can be read.
+    free, worth = ap0_tp_credit(summary)
     out["ap0_tp_classes"] = free
-    out["ap0_tp_nds"] = round(worth / 10.0, 4)
+    out["ap0_tp_nds"] = round(worth, 4)
     out["NDS_no_ap0"] = round(out["NDS"] - out["ap0_tp_nds"], 4)  # those classes' TP errors taken as 1
     if depth is not None:
         out["depth_abs_rel"] = round(float(depth["all"]["abs_rel"]), 4)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..structures import CLASSES
 
@@ -24,11 +24,36 @@ def fmt(v: Optional[float]) -> str:
     return "nan" if math.isnan(v) else f"{v:.4f}"
 
 
+def ap0_tp_credit(summary: Mapping) -> Tuple[List[str], float]:
+    """(classes, NDS) that classes with AP 0 add to NDS through their TP errors.
+
+    The devkit scores a class's TP errors once its boxes reach 10% recall, at any precision, and counts
+    them as 1 below that. A class the model never finds (AP 0) can still lower its TP errors with junk
+    boxes near its objects, in one run and not the next; on small budgets that moves NDS by several
+    hundredths. The NDS a class adds is, per TP metric, (1 - its error) over the number of classes the
+    metric is defined for (NaN: not scored, e.g. cone orientation), over NDS's 10."""
+    errs = summary["label_tp_errors"]
+    classes, worth = [], 0.0
+    for cls, ap in summary["mean_dist_aps"].items():
+        if ap > 0 or not any(0 <= v < 1 for v in errs[cls].values() if v == v):
+            continue
+        classes.append(cls)
+        for metric in summary["tp_errors"]:
+            n = sum(1 for c in errs if errs[c][metric] == errs[c][metric])
+            v = errs[cls][metric]
+            if v == v and n:
+                worth += (1.0 - min(1.0, v)) / n
+    return classes, worth / 10.0
+
+
 def summary_lines(summary: Mapping) -> List[str]:
     lines = ["| metric | value |", "| --- | --- |",
              f"| mAP | {fmt(summary['mean_ap'])} |", f"| NDS | {fmt(summary['nd_score'])} |"]
     for key, mean_name, _ in TP_NAMES:
         lines.append(f"| {mean_name} | {fmt(summary['tp_errors'][key])} |")
+    classes, credit = ap0_tp_credit(summary)
+    lines.append(f"| NDS from AP-0 classes' TP errors | {fmt(credit)} ({', '.join(classes) or 'none'}) |")
+    lines.append(f"| NDS, AP-0 classes' TP errors at 1 | {fmt(summary['nd_score'] - credit)} |")
     return lines
 
 
