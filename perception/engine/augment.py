@@ -131,9 +131,8 @@ def draw_image_aug(rng: np.random.Generator, cameras: Sequence[str], frame: Fram
     for ch in cameras:
         scale = rng.uniform(*aug.image_scale_jitter)
         crop = rng.uniform(*aug.image_crop_jitter)
-        flip = bool(rng.random() < aug.image_flip_prob)
-        if aug.image_flip_with_mirror:
-            flip = mirrored
+        drawn = bool(rng.random() < aug.image_flip_prob)  # drawn in either mode: the stream stays the same
+        flip = mirrored if aug.image_flip_with_mirror else drawn
         cam = by_channel.get(ch)
         if cam is None:
             out.append(np.eye(3))

@@ -268,14 +268,12 @@ def quality_markdown(results: Dict) -> str:
                      f"{v['NDS']:.4f} | {dep(v, 'NDS_no_ap0', '{:.4f}')} | {v['car_AP']:.4f} | {dep(v, 'mAOE', '{:.3f}')} | {dep(v, 'car_AOE', '{:.3f}')} | "
                      f"{dep(v, 'mAVE', '{:.3f}')} | {dep(v, 'car_AVE', '{:.3f}')} | {dep(v, 'depth_abs_rel', '{:.4f}')} | "
                      f"{dep(v, 'depth_rmse', '{:.3f}')} | {dep(v, 'depth_delta1', '{:.4f}')} |")
-    contrib = results.get("camera_contribution")
-    if contrib:
-        lines += ["", "NDS lost when all cameras are dropped from the fusion model: "
-                  + ", ".join(f"{k} {v * 100:.1f}%" if v is not None else f"{k} -" for k, v in contrib.items())]
-    contrib = results.get("camera_contribution_no_ap0")
-    if contrib:
-        lines += ["", "The same without the TP-error credit of AP-0 classes: "
-                  + ", ".join(f"{k} {v * 100:.1f}%" if v is not None else f"{k} -" for k, v in contrib.items())]
+    for key, title in (("camera_contribution", "NDS lost when all cameras are dropped from the fusion model: "),
+                       ("camera_contribution_no_ap0", "The same without the TP-error credit of AP-0 classes: ")):
+        contrib = results.get(key)
+        if contrib:
+            lines += ["", title + ", ".join(f"{k} {v * 100:.1f}%" if v is not None else f"{k} -"
+                                            for k, v in contrib.items())]
     ap0 = {k: v for k, v in m.items() if v.get("ap0_tp_nds")}
     if ap0:
         lines += ["", "NDS added by classes with AP 0 through their TP errors (their boxes reached the devkit's "

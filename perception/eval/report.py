@@ -33,16 +33,15 @@ def ap0_tp_credit(summary: Mapping) -> Tuple[List[str], float]:
     hundredths. The NDS a class adds is, per TP metric, (1 - its error) over the number of classes the
     metric is defined for (NaN: not scored, e.g. cone orientation), over NDS's 10."""
     errs = summary["label_tp_errors"]
+    # per TP metric, how many classes it is defined for (the devkit's mean over classes skips NaN)
+    defined = {m: sum(1 for e in errs.values() if not math.isnan(e[m])) for m in summary["tp_errors"]}
     classes, worth = [], 0.0
     for cls, ap in summary["mean_dist_aps"].items():
-        if ap > 0 or not any(0 <= v < 1 for v in errs[cls].values() if v == v):
+        scored = {m: v for m, v in errs[cls].items() if m in defined and not math.isnan(v)}
+        if ap > 0 or not any(v < 1 for v in scored.values()):
             continue
         classes.append(cls)
-        for metric in summary["tp_errors"]:
-            n = sum(1 for c in errs if errs[c][metric] == errs[c][metric])
-            v = errs[cls][metric]
-            if v == v and n:
-                worth += (1.0 - min(1.0, v)) / n
+        worth += sum((1.0 - min(1.0, v)) / defined[m] for m, v in scored.items())
     return classes, worth / 10.0
 
 
