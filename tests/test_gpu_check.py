@@ -34,16 +34,21 @@ def run_check(out, *args, env=None, timeout=900):
 
 
 def test_cpu_mode_runs_every_part(tmp_path):
-    """Every part but the kernels (see test_a_kernel_disagreeing_with_its_reference_fails)."""
+    """Every part but the kernels (see test_a_kernel_disagreeing_with_its_reference_fails), on the
+    trimmed real root that tools/gpu_bundle.py packs for a GPU machine without ../shared."""
     require_real_root()
+    import gpu_bundle
+
+    bundle = str(tmp_path / "bundle")
+    gpu_bundle.trim_real_root(bundle, keyframes=2)
     parts = [p for p in gc.PARTS if p != "kernels"]
     assert len(parts) == len(gc.PARTS) - 1
-    r, s = run_check(tmp_path, "--quick", "--parts", *parts)
+    r, s = run_check(tmp_path / "out", "--quick", "--parts", *parts, env={"PERCEPTION_REAL_ROOT": bundle})
     assert s is not None, r.stdout[-3000:] + r.stderr[-3000:]
     failed = {n: [c for c in p["checks"] if not c["ok"]] or p.get("error") for n, p in s["parts"].items()
               if p["status"] != "passed"}
     assert r.returncode == 0 and s["status"] == "passed", (failed, r.stdout[-3000:])
-    assert s["mode"] == "cpu" and s["quick"] is True and list(s["parts"]) == parts
+    assert s["mode"] == "cpu" and s["quick"] is True and list(s["parts"]) == parts and s["real_root"] == bundle
     for name, part in s["parts"].items():
         assert part["checks"] and all(c["ok"] for c in part["checks"]), name
         assert part["process_wall_s"] <= part["limit_s"]
@@ -52,7 +57,7 @@ def test_cpu_mode_runs_every_part(tmp_path):
     assert t["resume"]["resumed_at_step"] == t["steps"] // 2 and t["torchrun"]["backend"] == "gloo"
     assert s["parts"]["inference"]["metrics"]["configs"]["tiny"]["agreement"]["boxes_compared"] > 0
     assert "where the time went" in r.stdout and "total" in r.stdout
-    md = open(os.path.join(tmp_path, "gpu_check.md")).read()
+    md = open(os.path.join(tmp_path, "out", "gpu_check.md")).read()
     assert md.startswith("# GPU check (cpu mode): passed") and "## Where the time went" in md
 
 

@@ -57,7 +57,9 @@ PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if PROJECT not in sys.path:
     sys.path.insert(0, PROJECT)
 
-REAL_ROOT = os.path.normpath(os.path.join(PROJECT, "..", "shared", "data", "nuscenes-real", "trainval-extract"))
+# PERCEPTION_REAL_ROOT: a devkit root elsewhere (a GPU machine gets no ../shared; a trimmed copy travels there).
+REAL_ROOT = os.environ.get("PERCEPTION_REAL_ROOT") or os.path.normpath(
+    os.path.join(PROJECT, "..", "shared", "data", "nuscenes-real", "trainval-extract"))
 VERSION = "v1.0-trainval"
 PARTS = ("kernels", "inference", "train", "replay")
 # Seconds per part. GPU: the whole check with a bare-machine install must stay under 8 minutes and
@@ -272,6 +274,8 @@ def _simulator_torch_shim():
     def as_cuda_array(t):
         if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or not t.is_contiguous():
             raise TypeError("shim wraps contiguous CPU tensors only")
+        if t.requires_grad:  # as torch's __cuda_array_interface__ does (found on the first H200 run)
+            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad")
         return FakeCUDAArray(t.numpy())  # shares the tensor's memory
 
     saved = {k: getattr(cuda, k, None) for k in ("as_cuda_array", "external_stream")}
@@ -470,7 +474,8 @@ def part_kernels(rec: Recorder, args) -> None:
             gr = torch.full((P, C), float("nan"))
             go_rows = grad_out.permute(0, 2, 3, 1).contiguous().view(B * H * W, C)
             with _simulator_torch_shim():
-                bp.bev_pool_forward_cuda(bp._dev(feats), bp._dev(geom.order), bp._dev(geom.interval_starts),
+                # features that require grad, as the autograd function passes them on the GPU
+                bp.bev_pool_forward_cuda(bp._dev(feats.clone().requires_grad_(True)), bp._dev(geom.order), bp._dev(geom.interval_starts),
                                          bp._dev(geom.interval_lengths), bp._dev(geom.interval_cells), bp._dev(rows),
                                          stream=0)
                 bp.bev_pool_backward_cuda(bp._dev(go_rows), bp._dev(geom.point_cells), bp._dev(gr), stream=0)
@@ -907,7 +912,11 @@ def part_train(rec: Recorder, args) -> None:
         with rec.phase("torchrun worker"):
             r = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, timeout=120)
         if r.returncode != 0 or not os.path.isfile(res_path):
-            raise RuntimeError(f"torchrun exit {r.returncode}: {(r.stderr or r.stdout).strip().splitlines()[-3:]}")
+            # torchrun's own summary ends the output; the worker's exception is the last "...Error:" line
+            lines = (r.stderr + r.stdout).strip().splitlines()
+            errors = [ln.strip() for ln in lines if "Error:" in ln or "Exception:" in ln]
+            sys.stderr.write(r.stderr[-6000:])  # the worker's traceback into this part's log
+            raise RuntimeError(f"torchrun exit {r.returncode}: {errors[-1] if errors else lines[-3:]}")
         with open(res_path) as f:
             w = json.load(f)
         rec.metrics["torchrun"] = w
@@ -1232,7 +1241,7 @@ def main(argv=None) -> int:
     summary = {"status": status, "mode": mode, "quick": quick, "started": started,
                "wall_s": round(time.perf_counter() - t_all, 3),
                "environment": env, "environment_problems": problems, "parts": parts,
-               "injected": os.environ.get(INJECT_ENV)}
+               "injected": os.environ.get(INJECT_ENV), "real_root": REAL_ROOT}
     write_json_atomic(summary, os.path.join(a.out, "gpu_check.json"), indent=1, strict=False)
     write_text_atomic(_markdown(summary), os.path.join(a.out, "gpu_check.md"))
     print("\nwhere the time went:")

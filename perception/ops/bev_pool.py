@@ -193,7 +193,9 @@ def bev_pool_backward_cuda(grad_out, point_cells, grad_feats, stream=0) -> None:
 
 
 def _dev(t: torch.Tensor):
-    return cuda.as_cuda_array(t.contiguous())
+    # detach: torch refuses __cuda_array_interface__ on a tensor that requires grad (the features do);
+    # the view shares memory, so kernels still write into the caller's tensor.
+    return cuda.as_cuda_array(t.detach().contiguous())
 
 
 class _BEVPoolFunction(torch.autograd.Function):
