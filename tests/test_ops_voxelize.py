@@ -271,7 +271,7 @@ def test_scatter_pillars_from_hard_voxelize():
 # import), a real GPU when there is one.
 # ----------------------------------------------------------------------------------------------
 CUDA_CHECK = textwrap.dedent("""
-    import numpy as np, sys
+    import itertools, numpy as np, sys
     sys.path.insert(0, {tests!r})
     from test_ops_voxelize import random_cloud, assert_bit_identical, PILLARS
     from perception.ops import voxelize as vx
@@ -279,16 +279,22 @@ CUDA_CHECK = textwrap.dedent("""
              dict(voxel_size=[0.5, 0.5, 0.5], point_cloud_range=[-3, -3, -2, 3, 3, 2])]
     pts = random_cloud({n}, C=4, seed=11, lo=-5, hi=5, zlo=-3, zhi=3)
     pts[3, 0] = np.nan; pts[4, 2] = np.inf
-    cases = [(pts, 3, 12), (pts, 6, 10_000), (pts[::2], 2, 5), (pts[:1], 3, 3), (pts[:0], 3, 3)]
-    for dense_max in (1 << 20, 0):  # dense table, then hash table
-        vx.DENSE_TABLE_MAX_CELLS = dense_max
-        for grid in grids:
-            for p, P, V in cases:
-                ref = vx.hard_voxelize_reference(p, max_points_per_voxel=P, max_voxels=V, **grid)
-                assert_bit_identical(vx.hard_voxelize(p, max_points_per_voxel=P, max_voxels=V, impl="cuda",
-                                                      **grid), ref)
-                assert_bit_identical([vx.dynamic_voxelize(p, impl="cuda", **grid)],
-                                     [vx.dynamic_voxelize_reference(p, **grid)])
+    # a pile: 150 points in one cell, interleaved with the rest (input order decides which P are kept)
+    pile = random_cloud(150, C=4, seed=12, lo=0.1, hi=0.4, zlo=0.1, zhi=0.4)
+    piled = np.concatenate([pts, pile])[np.random.default_rng(3).permutation(len(pts) + len(pile))]
+    cases = [(pts, 3, 12), (pts, 6, 10_000), (pts[::2], 2, 5), (pts[:1], 3, 3), (pts[:0], 3, 3),
+             (piled, 5, 10_000), (piled, 1, 7)]
+    # crowded voxels (more than max(_CROWDED, P) points) go to the block kernel write_crowded: at 64 only
+    # the pile, at 0 every voxel with more than P points
+    for crowded, dense_max, grid in itertools.product((64, 0), (1 << 20, 0), grids):
+        vx._CROWDED = crowded
+        vx.DENSE_TABLE_MAX_CELLS = dense_max  # dense table, then hash table
+        for p, P, V in cases:
+            ref = vx.hard_voxelize_reference(p, max_points_per_voxel=P, max_voxels=V, **grid)
+            assert_bit_identical(vx.hard_voxelize(p, max_points_per_voxel=P, max_voxels=V, impl="cuda", **grid),
+                                 ref)
+            assert_bit_identical([vx.dynamic_voxelize(p, impl="cuda", **grid)],
+                                 [vx.dynamic_voxelize_reference(p, **grid)])
     print("CUDA-CHECK-OK")
 """)
 
@@ -304,6 +310,7 @@ def test_cuda_kernels_under_simulator():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device; the simulator twin above runs instead")
 def test_cuda_kernels_on_gpu_tensors():
     pts = random_cloud(300_000, seed=12)
+    # random_cloud puts every 5th point on one position: a 60k-point voxel for write_crowded
     for grid, P, V in [(PILLARS, 32, 40_000), (GRID3D, 10, 120_000)]:
         ref = vx.hard_voxelize_reference(pts, max_points_per_voxel=P, max_voxels=V, **grid)
         out = vx.hard_voxelize(torch.from_numpy(pts).cuda(), max_points_per_voxel=P, max_voxels=V, **grid)

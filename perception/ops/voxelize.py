@@ -527,6 +527,14 @@ def dynamic_voxelize_numba(points: np.ndarray, voxel_size, point_cloud_range) ->
 # ----------------------------------------------------------------------------------------------
 # Threads per block. The simulator runs each CUDA thread as a Python thread: small blocks keep it fast.
 _TPB = 32 if numba_config.ENABLE_CUDASIM else 256
+# write_voxels gives each voxel one thread, which selects its first P points from the voxel's bucket by
+# scanning it P times. A voxel holding more than _CROWDED points (or P, if larger) is left to
+# write_crowded instead: one block of _SEL_TPB threads per voxel, P rounds of a block-wide minimum. On
+# the H200 the one-thread scan made hard voxelization of 10 stacked raw keyframes (about 100k of the
+# car's own returns in a few pillars) take 41.8 ms against 4.7 ms for the numba CPU kernel.
+_CROWDED = 64
+_SEL_TPB = 8 if numba_config.ENABLE_CUDASIM else 128  # a power of two (tree reduction)
+_SEL_BLOCKS = 4 if numba_config.ENABLE_CUDASIM else 1024  # blocks striding over the voxels
 
 
 @functools.lru_cache(maxsize=None)
@@ -674,9 +682,9 @@ def _cuda_kernels():
                 bucket[offsets[v] + k] = i
 
     @cuda.jit
-    def write_voxels(points, bucket, offsets, counts, P, voxels, num):
+    def write_voxels(points, bucket, offsets, counts, P, crowded, voxels, num):
         v = cuda.grid(1)
-        if v < voxels.shape[0]:
+        if v < voxels.shape[0] and counts[v] <= crowded:  # crowded voxels: write_crowded
             start = offsets[v]
             cnt = counts[v]
             take = min(cnt, P)
@@ -696,6 +704,43 @@ def _cuda_kernels():
                 for k in range(points.shape[1]):
                     voxels[v, s, k] = 0
             num[v] = take
+
+    @cuda.jit
+    def write_crowded(points, bucket, offsets, counts, P, crowded, voxels, num):
+        # One block per crowded voxel (blocks stride over all voxels; the test is uniform in a block, so
+        # every thread of a block reaches the same barriers). Round s: each thread takes the smallest
+        # point index above the last one chosen from its stride of the bucket, the block reduces to the
+        # minimum in shared memory, and that point fills slot s. P rounds give the P smallest indices in
+        # ascending order, which is what write_voxels's selection gives: the first P points in input order.
+        sm = cuda.shared.array(_SEL_TPB, np.int32)
+        tid = cuda.threadIdx.x
+        v = cuda.blockIdx.x
+        while v < voxels.shape[0]:
+            cnt = counts[v]
+            if cnt > crowded:
+                start = offsets[v]
+                last = -1
+                for s in range(P):
+                    best = _INT32_MAX
+                    for j in range(tid, cnt, _SEL_TPB):
+                        b = bucket[start + j]
+                        if b > last and b < best:
+                            best = b
+                    sm[tid] = best
+                    cuda.syncthreads()
+                    h = _SEL_TPB // 2
+                    while h > 0:
+                        if tid < h and sm[tid + h] < sm[tid]:
+                            sm[tid] = sm[tid + h]
+                        cuda.syncthreads()
+                        h //= 2
+                    last = sm[0]
+                    for k in range(tid, points.shape[1], _SEL_TPB):
+                        voxels[v, s, k] = points[last, k]
+                    cuda.syncthreads()  # everyone has read sm[0] before the next round writes sm
+                if tid == 0:
+                    num[v] = P  # cnt > crowded >= P
+            v += cuda.gridDim.x
 
     # Batched path (hard_voxelize_cuda_batch): the sample index is part of the cell id, b * cells + cell.
     @cuda.jit
@@ -759,8 +804,16 @@ def _cuda_kernels():
                 first_dense=first_dense, first_hash=first_hash, first_flags=first_flags,
                 chunk_sums=chunk_sums, scan_sums=scan_sums, chunk_scan=chunk_scan,
                 open_voxels=open_voxels, count_points=count_points, bucket_points=bucket_points,
-                write_voxels=write_voxels, cell_ids_batch=cell_ids_batch, batch_offsets=batch_offsets,
+                write_voxels=write_voxels, write_crowded=write_crowded, cell_ids_batch=cell_ids_batch, batch_offsets=batch_offsets,
                 open_voxels_batch=open_voxels_batch)
+
+
+def _write_voxels(k, pts, bucket, offsets, counts, P: int, voxels, num, stream) -> None:
+    """Fill voxels [m, P, C] and num [m] from the buckets: each voxel's first P points in input order."""
+    m = voxels.shape[0]
+    crowded = max(_CROWDED, P)
+    k["write_voxels"][_blocks(m), _TPB, stream](pts, bucket, offsets, counts, P, crowded, voxels, num)
+    k["write_crowded"][min(m, _SEL_BLOCKS), _SEL_TPB, stream](pts, bucket, offsets, counts, P, crowded, voxels, num)
 
 
 def _blocks(n: int) -> int:
@@ -845,7 +898,7 @@ def hard_voxelize_cuda(points, voxel_size, point_cloud_range, max_points_per_vox
     total = _cuda_exclusive_scan(k, counts, offsets, stream)
     bucket = cuda.device_array(max(total, 1), np.int32, stream=stream)
     k["bucket_points"][_blocks(N), _TPB, stream](pvox, offsets, fill, bucket)
-    k["write_voxels"][_blocks(m), _TPB, stream](pts, bucket, offsets, counts, P, voxels, num)
+    _write_voxels(k, pts, bucket, offsets, counts, P, voxels, num, stream)
     return voxels, coords, num
 
 
@@ -935,7 +988,7 @@ def hard_voxelize_cuda_batch(points, starts, voxel_size, point_cloud_range, max_
     _cuda_scan_async(k, counts, offsets, alloc((max(1, min(4096, m)) + 1,), np.int64), stream)
     bucket = alloc((N,), np.int32)  # >= the points kept (no host read of their count)
     k["bucket_points"][_blocks(N), _TPB, stream](pvox, offsets, fill, bucket)
-    k["write_voxels"][_blocks(m), _TPB, stream](pts, bucket, offsets, counts, P, voxels, num)
+    _write_voxels(k, pts, bucket, offsets, counts, P, voxels, num, stream)
     return voxels, coords, num
 
 
