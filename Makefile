@@ -68,5 +68,6 @@ quality: install
 # One prepared GPU check (tools/gpu_check.py): kernels vs references, inference fp32/bf16, a short bf16
 # training with resume and a torchrun worker, replay; JSON + Markdown in work/gpu_check. Without CUDA it
 # runs its reduced CPU mode. On a fresh GPU machine: `timeout 480 make gpu-check` (install included).
+# A GPU machine without network or ../shared: tools/gpu_bundle.py packs data and wheels (README "GPU check").
 gpu-check: install
 	$(PY) tools/gpu_check.py --out work/gpu_check
