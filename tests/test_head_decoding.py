@@ -265,3 +265,39 @@ def test_moving_boxes_face_along_their_velocity():
 def test_heading_options_are_checked(key, value):
     with pytest.raises(ConfigError, match=f"model.head.{key}"):
         load_config(f"{PROJECT}/configs/fusion_tiny.yaml", [f"model.head.{key}={value}"])
+
+
+@pytest.mark.parametrize("top_k", [500, 10 ** 6])
+def test_tasks_decoded_together_keep_each_task_its_classes_and_quota(top_k):
+    """decode stacks the tasks (one- and two-class heatmaps, the smaller padded): every class's peak comes
+    out with its own label, position and score, padding never does, and a top_k above every task's map
+    (the padding is then inside the top-k) changes nothing. One task's flood of peaks does not take
+    another task's top-k places."""
+    cfg, head = _head(f"model.head.top_k={top_k}")
+    H, W = cfg.bev_shape
+    cell = cfg.grid.voxel_size[0] * cfg.model.bev_stride
+    lo = cfg.grid.point_cloud_range
+    preds = _empty_preds(head, H, W)
+    assert len({len(ids) for ids in head.task_class_ids}) > 1  # one- and two-class tasks
+    spots = {}
+    for i, name in enumerate(CLASSES):  # one peak per class, apart from each other
+        y, x = 4 + 5 * i, 6 + 3 * i
+        _put_peak(head, preds, name, y, x, 2.0 - 0.1 * i)
+        spots[CLASS_TO_ID[name]] = (y, x, float(torch.sigmoid(torch.tensor(2.0 - 0.1 * i))))
+    # a flood of weaker car peaks (every third cell of a block) in the car task
+    flood = torch.full((H, W), -10.0)
+    flood[40:60:3, 10:60:3] = 0.0  # sigmoid 0.5 < every single peak above
+    car = CLASS_TO_ID["car"]
+    t_car = next(t for t, ids in enumerate(head.task_class_ids) if car in ids)
+    preds[t_car]["heatmap"][0, head.task_class_ids[t_car].index(car)] = torch.maximum(
+        preds[t_car]["heatmap"][0, head.task_class_ids[t_car].index(car)], flood)
+    det = head.decode(preds, ["s"], [0])[0].boxes
+    for c, (y, x, score) in spots.items():
+        hit = (det.labels == c) & np.isclose(det.scores, score, atol=1e-6)
+        assert int(hit.sum()) == 1, CLASSES[c]
+        b = det.boxes[hit][0] if hasattr(det, "boxes") else det.tensor[hit][0]
+        assert b[0] == pytest.approx(lo[0] + (x + 0.5) * cell, abs=1e-4)
+        assert b[1] == pytest.approx(lo[1] + (y + 0.5) * cell, abs=1e-4)
+    assert np.all(np.isfinite(det.scores)) and set(det.labels.tolist()) <= set(range(len(CLASSES)))
+    n_flood = int(((flood == 0.0).sum()))
+    assert int((det.labels == car).sum()) == 1 + min(n_flood, head.max_per_task - 1)
