@@ -368,9 +368,8 @@ class CenterHead(nn.Module):
         """Top-K peaks per task -> boxes -> score threshold -> per-class circle NMS -> Detections (ego frame).
 
         All tasks in one pass: their maps stacked, one top-k over [B, tasks, K], one gather per map and one
-        copy to the host. On a GPU every op is a kernel launch and every host copy a sync. The loop over
-        the six tasks that this replaces took 13.8 ms per frame on an H200 (nuScenes config), against
-        about 6 ms for the whole decode on one CPU core."""
+        copy to the host. On a GPU every op is a kernel launch and every host copy a sync: the loop over
+        the six tasks that this replaces took 13.8 ms per frame on an H200 (nuScenes config)."""
         B = preds[0]["heatmap"].shape[0]
         H, W = self.bev_hw
         T = len(preds)
