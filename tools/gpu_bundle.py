@@ -32,11 +32,7 @@ import shutil
 import subprocess
 import sys
 
-PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if PROJECT not in sys.path:
-    sys.path.insert(0, PROJECT)
-REAL_ROOT = os.path.normpath(os.path.join(PROJECT, "..", "shared", "data", "nuscenes-real", "trainval-extract"))
-VERSION = "v1.0-trainval"
+from gpu_check import PROJECT, SHARED_REAL_ROOT as REAL_ROOT, VERSION  # tools/: the script's own folder
 # The imports a bare CUDA image lacks (pure Python or abi3 wheels, except shapely and numba), and numpy.
 WHEELS = ["nuscenes-devkit==1.2.0", "pyquaternion==0.9.9", "shapely==2.0.7", "descartes==1.1.0",
           "cachetools==5.5.2", "pycocotools==2.0.11", "mcap==1.6.0", "pymap3d==3.2.0", "fire==0.7.1",

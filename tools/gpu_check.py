@@ -57,9 +57,10 @@ PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if PROJECT not in sys.path:
     sys.path.insert(0, PROJECT)
 
-# PERCEPTION_REAL_ROOT: a devkit root elsewhere (a GPU machine gets no ../shared; a trimmed copy travels there).
-REAL_ROOT = os.environ.get("PERCEPTION_REAL_ROOT") or os.path.normpath(
-    os.path.join(PROJECT, "..", "shared", "data", "nuscenes-real", "trainval-extract"))
+# PERCEPTION_REAL_ROOT: a devkit root elsewhere (a GPU machine gets no ../shared; tools/gpu_bundle.py packs a
+# trimmed copy of SHARED_REAL_ROOT that travels there).
+SHARED_REAL_ROOT = os.path.normpath(os.path.join(PROJECT, "..", "shared", "data", "nuscenes-real", "trainval-extract"))
+REAL_ROOT = os.environ.get("PERCEPTION_REAL_ROOT") or SHARED_REAL_ROOT
 VERSION = "v1.0-trainval"
 PARTS = ("kernels", "inference", "train", "replay")
 # Seconds per part. GPU: the whole check with a bare-machine install must stay under 8 minutes and
@@ -475,9 +476,9 @@ def part_kernels(rec: Recorder, args) -> None:
             go_rows = grad_out.permute(0, 2, 3, 1).contiguous().view(B * H * W, C)
             with _simulator_torch_shim():
                 # features that require grad, as the autograd function passes them on the GPU
-                bp.bev_pool_forward_cuda(bp._dev(feats.clone().requires_grad_(True)), bp._dev(geom.order), bp._dev(geom.interval_starts),
-                                         bp._dev(geom.interval_lengths), bp._dev(geom.interval_cells), bp._dev(rows),
-                                         stream=0)
+                bp.bev_pool_forward_cuda(bp._dev(feats.clone().requires_grad_(True)), bp._dev(geom.order),
+                                         bp._dev(geom.interval_starts), bp._dev(geom.interval_lengths),
+                                         bp._dev(geom.interval_cells), bp._dev(rows), stream=0)
                 bp.bev_pool_backward_cuda(bp._dev(go_rows), bp._dev(geom.point_cells), bp._dev(gr), stream=0)
             out = rows.view(B, H, W, C).permute(0, 3, 1, 2)
         out, gr = _inject("bev_pool", [out.detach(), gr.detach()])

@@ -258,8 +258,9 @@ def run_train_benchmark(cfg_path: str, json_out: Optional[str] = None, dataroot:
     print(f"training throughput, {res['config']}, {res['dataroot']}, batch {t.batch_size}, "
           f"{t.num_workers} workers, {res['threads']} threads")
     print(f"{'loader alone':24s} {res['loader_samples_per_s']:9.2f} samples/s")
-    print(f"{'training step alone':24s} {res['step_samples_per_s']:9.3f} samples/s  (on {res['step_device']}; targets from the loader "
-          f"workers; main process building targets: {100 * res['step_targets_fraction']:.1f}% of the step)")
+    print(f"{'training step alone':24s} {res['step_samples_per_s']:9.3f} samples/s  (on {res['step_device']}; "
+          f"targets from the loader workers; main process building targets: "
+          f"{100 * res['step_targets_fraction']:.1f}% of the step)")
     print(f"{'  before (in the loop)':24s} {res['step_before_samples_per_s']:9.3f} samples/s  (targets built after "
           f"the forward in the main process: {100 * res['step_targets_fraction_before']:.1f}% of the step)")
     print(f"{'  targets per sample':24s} {res['targets_worker_ms_per_sample']:9.2f} ms in a worker "

@@ -804,8 +804,8 @@ def _cuda_kernels():
                 first_dense=first_dense, first_hash=first_hash, first_flags=first_flags,
                 chunk_sums=chunk_sums, scan_sums=scan_sums, chunk_scan=chunk_scan,
                 open_voxels=open_voxels, count_points=count_points, bucket_points=bucket_points,
-                write_voxels=write_voxels, write_crowded=write_crowded, cell_ids_batch=cell_ids_batch, batch_offsets=batch_offsets,
-                open_voxels_batch=open_voxels_batch)
+                write_voxels=write_voxels, write_crowded=write_crowded, cell_ids_batch=cell_ids_batch,
+                batch_offsets=batch_offsets, open_voxels_batch=open_voxels_batch)
 
 
 def _write_voxels(k, pts, bucket, offsets, counts, P: int, voxels, num, stream) -> None:
